@@ -1,0 +1,74 @@
+//! The `Cluster` service: membership as the state database has applied it.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+use crate::membership;
+use crate::proto::etcdserverpb::cluster_server::Cluster;
+use crate::proto::etcdserverpb::*;
+
+pub struct ClusterService {
+    ctx: Arc<ApiContext>,
+}
+
+impl ClusterService {
+    pub fn new(ctx: Arc<ApiContext>) -> Self {
+        ClusterService { ctx }
+    }
+}
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not supported yet"))
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_list(
+        &self,
+        _req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let (revision, members) = self
+            .ctx
+            .read(|conn| {
+                Ok((
+                    crate::mvcc::Revisions::load(conn)?.current,
+                    membership::list(conn)?,
+                ))
+            })
+            .await?;
+        Ok(Response::new(MemberListResponse {
+            header: Some(self.ctx.header(revision)),
+            members: members.iter().map(|m| m.to_proto()).collect(),
+        }))
+    }
+
+    async fn member_add(
+        &self,
+        _req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(not_yet("member add"))
+    }
+
+    async fn member_remove(
+        &self,
+        _req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(not_yet("member remove"))
+    }
+
+    async fn member_update(
+        &self,
+        _req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(not_yet("member update"))
+    }
+
+    async fn member_promote(
+        &self,
+        _req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(not_yet("member promote"))
+    }
+}

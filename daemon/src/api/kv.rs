@@ -1,0 +1,113 @@
+//! The `KV` service: Range, Put, DeleteRange, Txn, Compact.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::ApiContext;
+use crate::error::RequestError;
+use crate::mvcc::{self, Revisions};
+use crate::proto::etcdserverpb::kv_server::Kv;
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use crate::proto::qetcdpb::raft_request::Request as RaftRequest;
+use crate::state_machine::Applied;
+
+pub struct KvService {
+    ctx: Arc<ApiContext>,
+}
+
+impl KvService {
+    pub fn new(ctx: Arc<ApiContext>) -> Self {
+        KvService { ctx }
+    }
+
+    /// Proposes a write and waits for its result, within the request timeout.
+    async fn propose(&self, request: RaftRequest) -> Result<Applied, RequestError> {
+        if self.ctx.node.encoded_len(&request) > self.ctx.max_request_bytes {
+            return Err(RequestError::RequestTooLarge);
+        }
+        match tokio::time::timeout(self.ctx.request_timeout, self.ctx.node.propose(request)).await
+        {
+            Ok(result) => result,
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+}
+
+fn unexpected(applied: Applied) -> Status {
+    Status::internal(format!("unexpected apply result {applied:?}"))
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = req.into_inner();
+        mvcc::check_range(&req)?;
+        if !req.serializable {
+            self.ctx.read_barrier().await?;
+        }
+        let mut resp = self
+            .ctx
+            .read(move |conn| mvcc::range(conn, &req, Revisions::load(conn)?))
+            .await?;
+        self.ctx.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = req.into_inner();
+        mvcc::check_put(&req)?;
+        match self.propose(RaftRequest::Put(req)).await? {
+            Applied::Put(mut resp) => {
+                self.ctx.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = req.into_inner();
+        if req.key.is_empty() {
+            return Err(RequestError::EmptyKey.into());
+        }
+        match self.propose(RaftRequest::DeleteRange(req)).await? {
+            Applied::DeleteRange(mut resp) => {
+                self.ctx.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = req.into_inner();
+        mvcc::check_txn(&req, self.ctx.max_txn_ops)?;
+        match self.propose(RaftRequest::Txn(req)).await? {
+            Applied::Txn(mut resp) => {
+                self.ctx.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn compact(
+        &self,
+        req: Request<CompactionRequest>,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        match self.propose(RaftRequest::Compaction(req.into_inner())).await? {
+            Applied::Compaction(mut resp) => {
+                self.ctx.fill(&mut resp.header);
+                Ok(Response::new(resp))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}

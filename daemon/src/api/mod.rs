@@ -1,0 +1,98 @@
+//! etcd's v3 client API: gRPC services and the HTTP endpoints beside them, all on each
+//! client listener.
+
+mod cluster;
+mod http;
+mod kv;
+mod maintenance;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::RequestError;
+use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::etcdserverpb::{
+    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+};
+use crate::raft_node::NodeHandle;
+use crate::storage::{ReaderPool, StorageError};
+
+/// The etcd version qetcd presents to clients (`Status.version`, `/version`).
+pub const ETCD_VERSION: &str = "3.5.0";
+/// The cluster version presented in `/version`.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// What every service needs: the Raft node, read connections, identity and limits.
+pub struct ApiContext {
+    pub node: NodeHandle,
+    pub readers: ReaderPool,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub request_timeout: Duration,
+}
+
+impl ApiContext {
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.term(),
+        }
+    }
+
+    /// Completes a header that the state machine filled with a revision only.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map_or(0, |h| h.revision);
+        *header = Some(self.header(revision));
+    }
+
+    /// Runs a read on a pooled connection, off the async threads.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, RequestError> + Send + 'static,
+    ) -> Result<T, RequestError> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = readers.get()?;
+            let mut out = None;
+            conn.read(|c| {
+                out = Some(f(c));
+                Ok::<_, StorageError>(())
+            })?;
+            out.expect("read closure ran")
+        })
+        .await
+        .map_err(|e| RequestError::Internal(format!("read task failed: {e}")))?
+    }
+
+    /// A linearizable read barrier bounded by the request timeout.
+    pub async fn read_barrier(&self) -> Result<(), RequestError> {
+        match tokio::time::timeout(self.request_timeout, self.node.read_barrier()).await {
+            Ok(r) => r,
+            Err(_) => Err(RequestError::Timeout),
+        }
+    }
+}
+
+/// The gRPC services and HTTP endpoints of a client listener.
+pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
+    let max_message = ctx.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let grpc = tonic::service::Routes::new(
+        KvServer::new(kv::KvService::new(ctx.clone()))
+            .max_decoding_message_size(max_message)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(MaintenanceServer::new(maintenance::MaintenanceService::new(
+        ctx.clone(),
+    )))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(ctx.clone())));
+    let router = grpc.into_axum_router().merge(http::router(ctx));
+    tonic::service::Routes::from(router)
+}
+
+/// Room for gRPC framing on top of `--max-request-bytes`, as etcd allows.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;

@@ -1,0 +1,63 @@
+//! The one place that turns errors into gRPC statuses. Codes and messages are etcd's
+//! (its `rpctypes`): clients match on both.
+
+use tonic::{Code, Status};
+
+use crate::error::RequestError;
+
+pub fn to_status(err: RequestError) -> Status {
+    use RequestError::*;
+    let code = match &err {
+        EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
+        | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
+        Compacted | FutureRevision => Code::OutOfRange,
+        NoSpace => Code::ResourceExhausted,
+        LeaseNotFound | MemberNotFound => Code::NotFound,
+        NoLeader | Timeout | Stopped | LeaderChanged => Code::Unavailable,
+        NotLeader | BadLeaderTransferee | NotCapable => Code::FailedPrecondition,
+        Internal(detail) => {
+            tracing::error!(error = %detail, "internal error serving a request");
+            Code::Internal
+        }
+    };
+    Status::new(code, err.to_string())
+}
+
+impl From<RequestError> for Status {
+    fn from(err: RequestError) -> Self {
+        to_status(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_codes_and_texts() {
+        let s = to_status(RequestError::Compacted);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision has been compacted"
+        );
+        let s = to_status(RequestError::FutureRevision);
+        assert_eq!(s.code(), Code::OutOfRange);
+        assert_eq!(
+            s.message(),
+            "etcdserver: mvcc: required revision is a future revision"
+        );
+        let s = to_status(RequestError::DuplicateKey);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "etcdserver: duplicate key given in txn request");
+        assert_eq!(
+            to_status(RequestError::LeaseNotFound).code(),
+            Code::NotFound
+        );
+        assert_eq!(to_status(RequestError::NoLeader).code(), Code::Unavailable);
+        assert_eq!(
+            to_status(RequestError::RequestTooLarge).message(),
+            "etcdserver: request is too large"
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! From configuration to an initialised state database: a new member of a new cluster
+//! (IDs derived exactly as etcd derives them), or a restart from an existing data dir.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use raft::prelude::ConfState;
+
+use crate::config::{ClusterState, Config, cluster_id, member_id};
+use crate::membership::{self, Member};
+use crate::storage::{self, Durability, Meta, RaftLog, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error(
+        "data directory {0} was written by etcd (it has a member/ directory); qetcd keeps its state in another format and will not touch it — point --data-dir at an empty directory"
+    )]
+    EtcdDataDir(PathBuf),
+    #[error("cannot access data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("member exists with identical ID {0:x}")]
+    DuplicateId(u64),
+    #[error("cannot use 0 as member id")]
+    ZeroId,
+    #[error(
+        "joining an existing cluster (--initial-cluster-state existing) is not supported by this version of qetcd"
+    )]
+    JoinUnsupported,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// An initialised state database, ready for the Raft node.
+pub struct Bootstrapped {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub db_path: PathBuf,
+    pub conn: rusqlite::Connection,
+    /// True when the member restarted from existing state (`--initial-*` ignored).
+    pub restarted: bool,
+}
+
+pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
+    prepare_data_dir(&cfg.data_dir)?;
+    let db_path = storage::state_db_path(&cfg.data_dir);
+    let db_dir = db_path.parent().expect("state db path has a parent");
+    fs::create_dir_all(db_dir).map_err(|source| BootstrapError::DataDir {
+        path: db_dir.to_path_buf(),
+        source,
+    })?;
+    fs::set_permissions(db_dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+        BootstrapError::DataDir {
+            path: db_dir.to_path_buf(),
+            source,
+        }
+    })?;
+    let conn = storage::open_writer(&db_path)?;
+    let existing = (
+        Meta::MemberId.get_u64(&conn)?,
+        Meta::ClusterId.get_u64(&conn)?,
+    );
+    if let (Some(member_id), Some(cluster_id)) = existing {
+        tracing::info!(
+            member_id = %format!("{member_id:x}"),
+            cluster_id = %format!("{cluster_id:x}"),
+            data_dir = %cfg.data_dir.display(),
+            "restarting member from existing data; --initial-cluster* flags are ignored"
+        );
+        return Ok(Bootstrapped {
+            member_id,
+            cluster_id,
+            db_path,
+            conn,
+            restarted: true,
+        });
+    }
+    if cfg.initial_cluster_state == ClusterState::Existing {
+        return Err(BootstrapError::JoinUnsupported);
+    }
+    let (member_id, cluster_id) = initialise_new_cluster(cfg, conn)?;
+    let conn = storage::open_writer(&db_path)?;
+    Ok(Bootstrapped {
+        member_id,
+        cluster_id,
+        db_path,
+        conn,
+        restarted: false,
+    })
+}
+
+/// Creates the data directory 0700, refusing one that real etcd wrote.
+fn prepare_data_dir(dir: &Path) -> Result<(), BootstrapError> {
+    let io_err = |source| BootstrapError::DataDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if dir.join("member").exists() {
+        return Err(BootstrapError::EtcdDataDir(dir.to_path_buf()));
+    }
+    if dir.exists() {
+        let mode = fs::metadata(dir).map_err(io_err)?.permissions().mode() & 0o777;
+        if mode != 0o700 {
+            tracing::warn!(
+                "directory {:?} exist, but the permission is {:o}. The recommended permission is \"-rwx------\" to prevent possible unprivileged access to the data",
+                dir.display().to_string(),
+                mode
+            );
+        }
+    } else {
+        fs::create_dir_all(dir).map_err(io_err)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+    }
+    Ok(())
+}
+
+/// Writes IDs, members and the initial Raft configuration in one transaction, so that a
+/// crash part-way leaves a database that still counts as uninitialised.
+fn initialise_new_cluster(
+    cfg: &Config,
+    conn: rusqlite::Connection,
+) -> Result<(u64, u64), BootstrapError> {
+    let mut members = Vec::new();
+    for (name, urls) in cfg.initial_cluster.iter() {
+        let id = member_id(urls, &cfg.initial_cluster_token, None);
+        if id == 0 {
+            return Err(BootstrapError::ZeroId);
+        }
+        if members.iter().any(|m: &Member| m.id == id) {
+            return Err(BootstrapError::DuplicateId(id));
+        }
+        members.push(Member {
+            id,
+            // Names and client URLs of the others arrive when they publish them.
+            name: if *name == cfg.name {
+                name.clone()
+            } else {
+                String::new()
+            },
+            peer_urls: urls.iter().map(crate::config::url_string).collect(),
+            client_urls: Vec::new(),
+            is_learner: false,
+        });
+    }
+    let own = members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .map(|m| m.id)
+        .ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                cfg.name
+            ))
+        })?;
+    let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
+    let cluster = cluster_id(&ids);
+
+    let log = RaftLog::open(conn)?;
+    let mut batch = log.batch(Durability::Sync)?;
+    for m in &members {
+        membership::upsert(batch.conn(), m)?;
+    }
+    let mut voters = ids.clone();
+    voters.sort_unstable();
+    batch.set_conf_state(&ConfState::from((voters, vec![])))?;
+    Meta::MemberId.set_u64(batch.conn(), own)?;
+    Meta::ClusterId.set_u64(batch.conn(), cluster)?;
+    batch.commit()?;
+    tracing::info!(
+        member_id = %format!("{own:x}"),
+        cluster_id = %format!("{cluster:x}"),
+        members = ids.len(),
+        "bootstrapped new cluster"
+    );
+    Ok((own, cluster))
+}

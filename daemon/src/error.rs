@@ -1,0 +1,67 @@
+//! The errors a client can be told about, with etcd's texts.
+//!
+//! Go clients recognise etcd errors by their message, so every text here is etcd's,
+//! letter for letter. The mapping to gRPC status codes is in `api::status`, the only
+//! place that knows about gRPC.
+
+use crate::storage::StorageError;
+
+/// A request failed in a way etcd reports to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: not capable")]
+    NotCapable,
+    /// Unexpected internal failure; the detail goes to the log, not to the client.
+    #[error("etcdserver: {0}")]
+    Internal(String),
+}
+
+impl From<StorageError> for RequestError {
+    fn from(e: StorageError) -> Self {
+        RequestError::Internal(e.to_string())
+    }
+}
+
+impl From<rusqlite::Error> for RequestError {
+    fn from(e: rusqlite::Error) -> Self {
+        RequestError::Internal(format!("sqlite: {e}"))
+    }
+}

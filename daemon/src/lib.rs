@@ -1,0 +1,26 @@
+//! qetcd: an etcd-compatible key-value store. To clients it is etcd (v3 gRPC API, etcd's
+//! flags and `ETCD_*` variables); inside, Raft through raft-rs and state in SQLite.
+//!
+//! Where things live:
+//! - [`config`]: etcd's flags, environment variables, defaults and validation.
+//! - [`bootstrap`]: from configuration to an initialised data directory.
+//! - [`raft_node`]: the Raft thread and its Ready loop.
+//! - [`storage`]: the SQLite database: Raft log and everything applied.
+//! - [`state_machine`]: applying committed entries.
+//! - [`mvcc`], [`lease`], [`membership`]: etcd's data model on that database.
+//! - [`api`]: the gRPC services and HTTP endpoints; [`error`] what clients are told.
+//! - [`server`]: one member assembled from these parts.
+
+pub mod api;
+pub mod bootstrap;
+pub mod config;
+pub mod error;
+pub mod lease;
+pub mod logging;
+pub mod membership;
+pub mod mvcc;
+pub mod proto;
+pub mod raft_node;
+pub mod server;
+pub mod state_machine;
+pub mod storage;

@@ -1,0 +1,106 @@
+//! Cluster membership as the state database records it: who the members are, their peer
+//! URLs (from bootstrap or conf changes) and what each published about itself (name and
+//! client URLs).
+
+use rusqlite::{Connection, params};
+
+use crate::proto::etcdserverpb;
+use crate::proto::qetcdpb::{MemberAttributes, MemberRecord};
+use crate::storage::StorageError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    /// Empty until the member has started and published its attributes.
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+impl Member {
+    pub fn from_record(r: &MemberRecord) -> Self {
+        Member {
+            id: r.id,
+            name: r.name.clone(),
+            peer_urls: r.peer_urls.clone(),
+            client_urls: r.client_urls.clone(),
+            is_learner: r.is_learner,
+        }
+    }
+
+    pub fn to_proto(&self) -> etcdserverpb::Member {
+        etcdserverpb::Member {
+            id: self.id,
+            name: self.name.clone(),
+            peer_ur_ls: self.peer_urls.clone(),
+            client_ur_ls: self.client_urls.clone(),
+            is_learner: self.is_learner,
+        }
+    }
+}
+
+fn encode_urls(urls: &[String]) -> String {
+    serde_json::to_string(urls).expect("a list of strings always serialises")
+}
+
+fn decode_urls(s: &str) -> Result<Vec<String>, StorageError> {
+    serde_json::from_str(s).map_err(|e| StorageError::Corrupt(format!("member URLs {s:?}: {e}")))
+}
+
+pub fn upsert(conn: &Connection, m: &Member) -> Result<(), StorageError> {
+    conn.prepare_cached(
+        "INSERT INTO members (id, name, peer_urls, client_urls, is_learner)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (id) DO UPDATE SET name = excluded.name, peer_urls = excluded.peer_urls,
+           client_urls = excluded.client_urls, is_learner = excluded.is_learner",
+    )?
+    .execute(params![
+        m.id as i64,
+        m.name,
+        encode_urls(&m.peer_urls),
+        encode_urls(&m.client_urls),
+        m.is_learner
+    ])?;
+    Ok(())
+}
+
+pub fn remove(conn: &Connection, id: u64) -> Result<(), StorageError> {
+    conn.prepare_cached("DELETE FROM members WHERE id = ?1")?
+        .execute(params![id as i64])?;
+    Ok(())
+}
+
+/// Records a member's published name and client URLs. A member no longer in the
+/// cluster is ignored, as etcd does.
+pub fn publish(conn: &Connection, attrs: &MemberAttributes) -> Result<(), StorageError> {
+    conn.prepare_cached("UPDATE members SET name = ?2, client_urls = ?3 WHERE id = ?1")?
+        .execute(params![
+            attrs.member_id as i64,
+            attrs.name,
+            encode_urls(&attrs.client_urls)
+        ])?;
+    Ok(())
+}
+
+/// All members, ordered by ID.
+pub fn list(conn: &Connection) -> Result<Vec<Member>, StorageError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, peer_urls, client_urls, is_learner FROM members ORDER BY id",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: i64 = r.get(0)?;
+        let peer: String = r.get(2)?;
+        let client: String = r.get(3)?;
+        out.push(Member {
+            id: id as u64,
+            name: r.get(1)?,
+            peer_urls: decode_urls(&peer)?,
+            client_urls: decode_urls(&client)?,
+            is_learner: r.get(4)?,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,71 @@
+//! etcd's multi-version key space on SQLite.
+//!
+//! Every change creates a revision: a put writes the key's new version, a delete writes
+//! a tombstone, and all changes of one request share one main revision (told apart by
+//! a sub-revision). `kv_live` holds the newest version of each live key, so reads at the
+//! current revision are plain index scans; `kv_history` holds every revision not yet
+//! compacted, for reads at past revisions and for watch history.
+//!
+//! Reads ([`range`]) run on any connection; writes ([`WriteTxn`]) only inside the Raft
+//! thread's batch transaction.
+
+mod compaction;
+mod key_range;
+mod range;
+mod txn;
+mod write;
+
+use rusqlite::Connection;
+
+pub use compaction::compact;
+pub use key_range::KeyRange;
+pub use range::range;
+pub use txn::{apply_txn, check_put, check_range, check_txn};
+pub use write::WriteTxn;
+
+use crate::error::RequestError;
+use crate::storage::Meta;
+
+/// Revision bounds of the store as seen by one read or write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revisions {
+    /// The newest revision; 1 on an empty store, as in etcd.
+    pub current: i64,
+    /// Reads below this revision fail as compacted (0: nothing compacted).
+    pub compacted: i64,
+}
+
+impl Revisions {
+    /// Reads the committed revisions, inside the caller's transaction.
+    pub fn load(conn: &Connection) -> Result<Self, RequestError> {
+        Ok(Revisions {
+            current: Meta::Revision.get_i64(conn)?.unwrap_or(1),
+            compacted: Meta::CompactRevision.get_i64(conn)?.unwrap_or(0),
+        })
+    }
+
+    pub fn store(&self, conn: &Connection) -> Result<(), RequestError> {
+        Meta::Revision.set_i64(conn, self.current)?;
+        Meta::CompactRevision.set_i64(conn, self.compacted)?;
+        Ok(())
+    }
+
+    /// etcd's rule for a read at `rev` (0 or less: the current revision).
+    pub fn check_read(&self, rev: i64) -> Result<(), RequestError> {
+        if rev > self.current {
+            return Err(RequestError::FutureRevision);
+        }
+        if rev > 0 && rev < self.compacted {
+            return Err(RequestError::Compacted);
+        }
+        Ok(())
+    }
+}
+
+/// Database size figures for `Maintenance.Status`.
+pub fn db_size(conn: &Connection) -> Result<(i64, i64), RequestError> {
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    Ok((pages * page_size, (pages - free) * page_size))
+}

@@ -1,0 +1,511 @@
+//! The Raft node: one thread that owns raft-rs's `RawNode`, the state database's writing
+//! connection and the state machine, and turns client requests into proposals.
+//!
+//! The loop follows raft-rs's Ready protocol. Its performance design is batching: every
+//! command that arrived since the last round is stepped into Raft before the next `Ready`
+//! is taken, so one `Ready` carries many proposals, and one SQLite transaction with one
+//! fsync persists all of them together with the effects of the entries it commits.
+
+mod logger;
+mod waiters;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use raft::prelude::{Entry, Message, Snapshot};
+use raft::{RawNode, StateRole, Storage};
+use tokio::sync::{Notify, oneshot};
+
+use crate::error::RequestError;
+use crate::proto::qetcdpb::{RaftRequest, raft_request::Request};
+use crate::state_machine::{ApplyResult, Completion, StateMachine};
+use crate::storage::{Durability, RaftLog, StorageError};
+
+pub use waiters::{ProposalReply, ReadReply};
+use waiters::{Proposals, Reads};
+
+/// Tunables of the Raft node, from the member's configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: u64,
+    /// One Raft tick; etcd's `--heartbeat-interval`.
+    pub tick_interval: Duration,
+    /// Ticks without a leader before an election; `--election-timeout / --heartbeat-interval`.
+    pub election_ticks: usize,
+    pub pre_vote: bool,
+    /// Applied entries between log compactions; etcd's `--snapshot-count`.
+    pub snapshot_count: u64,
+    /// Entries kept behind the applied index at compaction, so slow followers can catch
+    /// up from the log rather than a snapshot; etcd's `--snapshot-catchup-entries`.
+    pub snapshot_catchup_entries: u64,
+    /// How long a caller waits for its proposal or read before `request timed out`.
+    pub request_timeout: Duration,
+}
+
+/// Sends Raft messages to other members. Single-member clusters have nothing to send.
+pub trait PeerOutbox: Send + 'static {
+    fn send(&self, messages: Vec<Message>);
+}
+
+/// The outbox of a member with no peers.
+pub struct NoPeers;
+
+impl PeerOutbox for NoPeers {
+    fn send(&self, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            tracing::warn!(count = messages.len(), "dropping raft messages: no peer transport");
+        }
+    }
+}
+
+enum Command {
+    Propose {
+        request: Request,
+        reply: ProposalReply,
+    },
+    ReadIndex {
+        reply: ReadReply,
+    },
+    Step(Message),
+    Stop,
+}
+
+/// What the rest of the member can see of the node without asking it.
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub revision: AtomicU64,
+    pub stopped: AtomicBool,
+    /// Notified whenever the applied index moves.
+    pub applied: Notify,
+}
+
+/// Cheap, cloneable handle to the Raft node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    id: u64,
+    commands: Sender<Command>,
+    status: Arc<NodeStatus>,
+    next_request: Arc<AtomicU64>,
+}
+
+impl NodeHandle {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn status(&self) -> &NodeStatus {
+        &self.status
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        match self.status.leader.load(Ordering::Acquire) {
+            raft::INVALID_ID => None,
+            id => Some(id),
+        }
+    }
+
+    pub fn term(&self) -> u64 {
+        self.status.term.load(Ordering::Acquire)
+    }
+
+    /// Proposes a request and waits until it is applied here.
+    pub async fn propose(&self, request: Request) -> ApplyResult {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Propose { request, reply })
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.unwrap_or(Err(RequestError::Timeout))
+    }
+
+    /// Waits until this member has applied everything the cluster committed before the
+    /// call: afterwards a local read is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ReadIndex { reply })
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.unwrap_or(Err(RequestError::Timeout))
+    }
+
+    /// Hands a message from a peer to Raft.
+    pub fn step(&self, msg: Message) {
+        let _ = self.commands.send(Command::Step(msg));
+    }
+
+    pub fn stop(&self) {
+        let _ = self.commands.send(Command::Stop);
+    }
+
+    /// Size a request will have in the log, for etcd's `--max-request-bytes` check.
+    pub fn encoded_len(&self, request: &Request) -> usize {
+        RaftRequest {
+            id: u64::MAX,
+            origin: self.id,
+            request: Some(request.clone()),
+        }
+        .encoded_len()
+    }
+
+    fn next_request_id(&self) -> u64 {
+        self.next_request.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// raft-rs owns its storage; the node needs the same log for its batches. Sharing it
+/// through an `Rc` (all on the node thread) avoids borrowing the log out of the
+/// `RawNode` while Raft itself is being driven.
+#[derive(Clone)]
+struct SharedLog(Rc<RaftLog>);
+
+impl Storage for SharedLog {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        self.0.initial_state()
+    }
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: raft::GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.0.entries(low, high, max_size, context)
+    }
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.0.term(idx)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        self.0.first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        self.0.last_index()
+    }
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        self.0.snapshot(request_index, to)
+    }
+}
+
+/// Starts the node thread on an opened state database.
+///
+/// `conn` is the writing connection; the database must already be bootstrapped (IDs,
+/// conf state). The returned join handle finishes when the node stops; it yields an error
+/// if persistence failed, which must stop the member.
+pub fn start(
+    cfg: NodeConfig,
+    conn: rusqlite::Connection,
+    outbox: Box<dyn PeerOutbox>,
+) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), StorageError>>), StorageError> {
+    let (tx, rx) = mpsc::channel();
+    let status = Arc::new(NodeStatus::default());
+    // Request IDs only need to be unique among this member's in-flight proposals; the
+    // start time keeps IDs of a previous run (still in the log) from being reused.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1)
+        << 8;
+    let handle = NodeHandle {
+        id: cfg.id,
+        commands: tx,
+        status: status.clone(),
+        next_request: Arc::new(AtomicU64::new(seed)),
+    };
+    let id_source = handle.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+    let thread = std::thread::Builder::new()
+        .name("raft".into())
+        .spawn(move || {
+            let mut node = match Node::new(cfg, conn, outbox, status, id_source) {
+                Ok(n) => {
+                    let _ = ready_tx.send(Ok(()));
+                    n
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return Ok(());
+                }
+            };
+            let result = node.run(rx);
+            node.status.stopped.store(true, Ordering::Release);
+            node.status.applied.notify_waiters();
+            result
+        })
+        .map_err(|e| StorageError::Corrupt(format!("cannot start raft thread: {e}")))?;
+    ready_rx
+        .recv()
+        .map_err(|_| StorageError::Corrupt("raft thread died during start-up".into()))??;
+    Ok((handle, thread))
+}
+
+struct Node {
+    cfg: NodeConfig,
+    raw: RawNode<SharedLog>,
+    log: Rc<RaftLog>,
+    machine: StateMachine,
+    outbox: Box<dyn PeerOutbox>,
+    status: Arc<NodeStatus>,
+    ids: NodeHandle,
+    proposals: Proposals,
+    reads: Reads,
+    /// Applied index at the last log compaction.
+    compacted_at: u64,
+    completions: Vec<Completion>,
+}
+
+impl Node {
+    fn new(
+        cfg: NodeConfig,
+        conn: rusqlite::Connection,
+        outbox: Box<dyn PeerOutbox>,
+        status: Arc<NodeStatus>,
+        ids: NodeHandle,
+    ) -> Result<Self, StorageError> {
+        let machine = StateMachine::load(&conn, cfg.id)?;
+        let log = Rc::new(RaftLog::open(conn)?);
+        let raft_cfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_ticks,
+            heartbeat_tick: 1,
+            applied: machine.applied_index(),
+            // etcd's defaults: 1 MiB per append message, 512 in flight.
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 512,
+            check_quorum: true,
+            pre_vote: cfg.pre_vote,
+            ..Default::default()
+        };
+        raft_cfg
+            .validate()
+            .map_err(|e| StorageError::Corrupt(format!("raft config: {e}")))?;
+        let mut raw = RawNode::new(&raft_cfg, SharedLog(log.clone()), &logger::raft_logger())
+            .map_err(|e| StorageError::Corrupt(format!("raft: {e}")))?;
+        let voters = log.conf_state().voters;
+        if voters == [cfg.id] {
+            // Nobody to wait for: become leader at once rather than after a timeout.
+            let _ = raw.campaign();
+        } else {
+            // As etcd's --initial-election-tick-advance: start close to the election
+            // timeout so a restarted cluster elects a leader after about one tick.
+            for _ in 1..cfg.election_ticks {
+                raw.tick();
+            }
+        }
+        let applied = machine.applied_index();
+        status.applied_index.store(applied, Ordering::Release);
+        status
+            .revision
+            .store(machine.revisions().current as u64, Ordering::Release);
+        Ok(Node {
+            compacted_at: applied,
+            cfg,
+            raw,
+            log,
+            machine,
+            outbox,
+            status,
+            ids,
+            proposals: Proposals::default(),
+            reads: Reads::default(),
+            completions: Vec::new(),
+        })
+    }
+
+    fn run(&mut self, inbox: Receiver<Command>) -> Result<(), StorageError> {
+        let mut next_tick = Instant::now() + self.cfg.tick_interval;
+        loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            match inbox.recv_timeout(timeout) {
+                Ok(cmd) => {
+                    if !self.handle(cmd) {
+                        return Ok(());
+                    }
+                    // Take everything already waiting: this is where batching happens.
+                    for _ in 0..4096 {
+                        match inbox.try_recv() {
+                            Ok(cmd) => {
+                                if !self.handle(cmd) {
+                                    return Ok(());
+                                }
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            if let Some(ctx) = self.reads.start_batch() {
+                self.raw.read_index(ctx.to_be_bytes().to_vec());
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + self.cfg.tick_interval;
+                self.proposals.expire(now);
+                self.reads.expire(now);
+            }
+            self.on_ready()?;
+        }
+    }
+
+    /// Returns false when the node must stop.
+    fn handle(&mut self, cmd: Command) -> bool {
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        match cmd {
+            Command::Propose { request, reply } => {
+                let id = self.ids.next_request_id();
+                let data = RaftRequest {
+                    id,
+                    origin: self.cfg.id,
+                    request: Some(request),
+                }
+                .encode_to_vec();
+                self.proposals.insert(id, reply, deadline);
+                if self.raw.propose(Vec::new(), data).is_err() {
+                    // raft-rs drops proposals when there is no leader to take them.
+                    self.proposals.fail(id, RequestError::NoLeader);
+                }
+            }
+            Command::ReadIndex { reply } => self.reads.queue(reply, deadline),
+            Command::Step(msg) => {
+                if let Err(e) = self.raw.step(msg) {
+                    tracing::debug!(error = %e, "raft refused a peer message");
+                }
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    fn on_ready(&mut self) -> Result<(), StorageError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        // The leader may send before persisting (Raft thesis §10.2.1).
+        self.outbox.send(rd.take_messages());
+
+        let log = self.log.clone();
+        let mut batch = log.batch(Durability::Sync)?;
+        if !rd.snapshot().is_empty() {
+            // Installing a snapshot from a peer comes with the peer transport.
+            return Err(StorageError::Corrupt(
+                "received a raft snapshot but snapshot installation is not available".into(),
+            ));
+        }
+        batch.append(rd.entries())?;
+        if let Some(hs) = rd.hs() {
+            batch.set_hard_state(hs)?;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply(&mut batch, &committed)?;
+        batch.commit()?;
+        self.after_apply();
+
+        for rs in rd.take_read_states() {
+            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes);
+            if let Ok(ctx) = ctx {
+                self.reads.confirmed(ctx, rs.index);
+            }
+        }
+        self.reads.applied(self.machine.applied_index());
+        self.outbox.send(rd.take_persisted_messages());
+        if let Some(ss) = rd.ss() {
+            self.on_soft_state(ss.leader_id, ss.raft_state);
+        }
+
+        let mut light = self.raw.advance(rd);
+        self.outbox.send(light.take_messages());
+        let committed = light.take_committed_entries();
+        let commit = light.commit_index();
+        if !committed.is_empty() || commit.is_some() {
+            // Entries committed by this round were made durable above; applying them
+            // needs no fsync of its own (see Durability::Deferred).
+            let mut batch = log.batch(Durability::Deferred)?;
+            if let Some(c) = commit {
+                batch.set_commit(c)?;
+            }
+            self.apply(&mut batch, &committed)?;
+            batch.commit()?;
+            self.after_apply();
+            self.reads.applied(self.machine.applied_index());
+        }
+        self.raw.advance_apply();
+        self.publish_status();
+        Ok(())
+    }
+
+    fn apply(
+        &mut self,
+        batch: &mut crate::storage::LogBatch<'_>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        for entry in entries {
+            if let Some(cc) = self
+                .machine
+                .apply(batch.conn(), entry, &mut self.completions)?
+            {
+                let cs = self
+                    .raw
+                    .apply_conf_change(&cc.change)
+                    .map_err(|e| StorageError::Corrupt(format!("conf change {}: {e}", cc.index)))?;
+                batch.set_conf_state(&cs)?;
+            }
+        }
+        self.maybe_compact_log(batch)
+    }
+
+    /// Every `snapshot_count` applied entries, drop log entries that are both applied
+    /// and older than the catch-up window.
+    fn maybe_compact_log(
+        &mut self,
+        batch: &mut crate::storage::LogBatch<'_>,
+    ) -> Result<(), StorageError> {
+        let applied = self.machine.applied_index();
+        if applied < self.compacted_at + self.cfg.snapshot_count {
+            return Ok(());
+        }
+        self.compacted_at = applied;
+        let keep_from = applied.saturating_sub(self.cfg.snapshot_catchup_entries);
+        if keep_from > 1 {
+            tracing::info!(applied, compact_index = keep_from, "compacting raft log");
+            batch.compact(keep_from)?;
+        }
+        Ok(())
+    }
+
+    fn after_apply(&mut self) {
+        for c in self.completions.drain(..) {
+            self.proposals.complete(c.id, c.result);
+        }
+        let applied = self.machine.applied_index();
+        self.status.applied_index.store(applied, Ordering::Release);
+        self.status
+            .revision
+            .store(self.machine.revisions().current as u64, Ordering::Release);
+        self.status.applied.notify_waiters();
+    }
+
+    fn on_soft_state(&mut self, leader: u64, role: StateRole) {
+        let previous = self.status.leader.swap(leader, Ordering::AcqRel);
+        if previous != leader {
+            tracing::info!(leader = %format!("{leader:x}"), role = ?role, term = self.raw.raft.term, "raft leader changed");
+            // Reads not yet confirmed were asked of a leadership that is gone.
+            self.reads.fail_unconfirmed(|| RequestError::LeaderChanged);
+        }
+    }
+
+    fn publish_status(&self) {
+        self.status.term.store(self.raw.raft.term, Ordering::Release);
+        self.status
+            .commit_index
+            .store(self.raw.raft.raft_log.committed, Ordering::Release);
+    }
+}

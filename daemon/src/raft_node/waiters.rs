@@ -1,0 +1,117 @@
+//! Callers waiting on the Raft node: proposals until they are applied, linearizable
+//! reads until a read index is confirmed and applied.
+//!
+//! Every waiter carries a deadline. Raft silently drops what it cannot handle (a
+//! proposal forwarded to a leader that then died, a read index asked of a member with no
+//! leader), so the node expires waiters itself rather than leak them.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::error::RequestError;
+use crate::state_machine::ApplyResult;
+
+pub type ProposalReply = oneshot::Sender<ApplyResult>;
+pub type ReadReply = oneshot::Sender<Result<(), RequestError>>;
+
+#[derive(Default)]
+pub struct Proposals {
+    waiting: HashMap<u64, (ProposalReply, Instant)>,
+}
+
+impl Proposals {
+    pub fn insert(&mut self, id: u64, reply: ProposalReply, deadline: Instant) {
+        self.waiting.insert(id, (reply, deadline));
+    }
+
+    pub fn complete(&mut self, id: u64, result: ApplyResult) {
+        if let Some((reply, _)) = self.waiting.remove(&id) {
+            // The caller may have given up already; nothing to do then.
+            let _ = reply.send(result);
+        }
+    }
+
+    pub fn fail(&mut self, id: u64, err: RequestError) {
+        self.complete(id, Err(err));
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        self.waiting.retain(|_, (reply, deadline)| {
+            if *deadline > now && !reply.is_closed() {
+                return true;
+            }
+            false
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+/// Linearizable reads, batched: all reads that arrive while one read index is in flight
+/// share the next one.
+#[derive(Default)]
+pub struct Reads {
+    /// Not yet sent to Raft.
+    queued: Vec<(ReadReply, Instant)>,
+    /// Sent to Raft under a context number, awaiting its read state.
+    in_flight: HashMap<u64, Vec<(ReadReply, Instant)>>,
+    /// Confirmed at a log index, waiting until that index is applied. Ascending.
+    confirmed: VecDeque<(u64, Vec<(ReadReply, Instant)>)>,
+    next_ctx: u64,
+}
+
+impl Reads {
+    pub fn queue(&mut self, reply: ReadReply, deadline: Instant) {
+        self.queued.push((reply, deadline));
+    }
+
+    /// Moves the queued reads under a fresh context; returns it if there were any.
+    pub fn start_batch(&mut self) -> Option<u64> {
+        if self.queued.is_empty() {
+            return None;
+        }
+        self.next_ctx += 1;
+        let ctx = self.next_ctx;
+        self.in_flight.insert(ctx, std::mem::take(&mut self.queued));
+        Some(ctx)
+    }
+
+    /// Raft confirmed context `ctx` at `index`.
+    pub fn confirmed(&mut self, ctx: u64, index: u64) {
+        if let Some(batch) = self.in_flight.remove(&ctx) {
+            let pos = self.confirmed.partition_point(|(i, _)| *i <= index);
+            self.confirmed.insert(pos, (index, batch));
+        }
+    }
+
+    /// Releases reads whose index has been applied.
+    pub fn applied(&mut self, applied: u64) {
+        while self.confirmed.front().is_some_and(|(i, _)| *i <= applied) {
+            let (_, batch) = self.confirmed.pop_front().expect("front exists");
+            for (reply, _) in batch {
+                let _ = reply.send(Ok(()));
+            }
+        }
+    }
+
+    /// Fails every read not yet confirmed (e.g. leadership was lost).
+    pub fn fail_unconfirmed(&mut self, err: impl Fn() -> RequestError) {
+        for (_, batch) in self.in_flight.drain() {
+            for (reply, _) in batch {
+                let _ = reply.send(Err(err()));
+            }
+        }
+    }
+
+    pub fn expire(&mut self, now: Instant) {
+        let live = |(reply, deadline): &(ReadReply, Instant)| *deadline > now && !reply.is_closed();
+        self.in_flight.retain(|_, batch| {
+            batch.retain(live);
+            !batch.is_empty()
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! One member, assembled: bootstrap the state database, start the Raft node, serve the
+//! client API, publish this member's attributes, and stop cleanly.
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{self, ApiContext};
+use crate::bootstrap::{self, BootstrapError};
+use crate::config::{Config, url_string};
+use crate::proto::qetcdpb::{MemberAttributes, raft_request::Request};
+use crate::raft_node::{self, NoPeers, NodeConfig};
+use crate::storage::{ReaderPool, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("listen tcp {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}: serving https client URLs is not supported by this version of qetcd")]
+    TlsUnsupported(String),
+    #[error("client listener failed: {0}")]
+    Serve(String),
+}
+
+/// etcd's request timeout: 5 s plus two election timeouts.
+pub fn request_timeout(cfg: &Config) -> Duration {
+    Duration::from_secs(5) + 2 * cfg.election_timeout
+}
+
+/// Runs a member until `shutdown` completes or its storage fails.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let boot = bootstrap::bootstrap(&cfg)?;
+    let node_cfg = NodeConfig {
+        id: boot.member_id,
+        tick_interval: cfg.heartbeat_interval,
+        election_ticks: cfg.election_ticks(),
+        pre_vote: cfg.pre_vote,
+        snapshot_count: cfg.snapshot_count,
+        snapshot_catchup_entries: cfg.snapshot_catchup_entries,
+        request_timeout: request_timeout(&cfg),
+    };
+    let (node, node_thread) = raft_node::start(node_cfg, boot.conn, Box::new(NoPeers))?;
+    let ctx = Arc::new(ApiContext {
+        node: node.clone(),
+        readers: ReaderPool::new(boot.db_path.clone()),
+        cluster_id: boot.cluster_id,
+        member_id: boot.member_id,
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops as usize,
+        request_timeout: request_timeout(&cfg),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut listeners = Vec::new();
+    for url in &cfg.listen_client_urls {
+        if url.scheme() != "http" {
+            return Err(ServerError::TlsUnsupported(url_string(url)));
+        }
+        let addr = listen_addr(url);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind { addr, source })?;
+        tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+        let routes = api::routes(ctx.clone());
+        let mut stop = stop_rx.clone();
+        listeners.push(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+
+    let publish = publish_attributes(&cfg, &node, boot.member_id);
+    let node_done = tokio::task::spawn_blocking(move || node_thread.join());
+    tokio::pin!(shutdown, publish, node_done);
+    let mut published = false;
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut publish, if !published => {
+                published = true;
+                tracing::info!(name = %cfg.name, "published local member to cluster; ready to serve client requests");
+            }
+            _ = &mut shutdown => {
+                tracing::info!("received signal; shutting down");
+                node.stop();
+                break None;
+            }
+            joined = &mut node_done => break Some(joined),
+        }
+    };
+    let _ = stop_tx.send(true);
+    for l in listeners {
+        if let Ok(Err(e)) = l.await {
+            tracing::warn!(error = %e, "client listener ended with an error");
+        }
+    }
+    let joined = match outcome {
+        Some(j) => j,
+        None => node_done.await,
+    };
+    match joined {
+        Ok(Ok(result)) => result.map_err(ServerError::from),
+        _ => Err(ServerError::Storage(StorageError::Corrupt(
+            "raft thread panicked".into(),
+        ))),
+    }
+}
+
+/// Publishes name and client URLs through Raft, retrying until it is committed (the
+/// cluster may not have a leader yet).
+async fn publish_attributes(cfg: &Config, node: &raft_node::NodeHandle, member_id: u64) {
+    let attrs = MemberAttributes {
+        member_id,
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls.iter().map(url_string).collect(),
+    };
+    loop {
+        let attempt = node.propose(Request::Publish(attrs.clone()));
+        match tokio::time::timeout(request_timeout(cfg), attempt).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes; retrying"),
+            Err(_) => tracing::warn!("failed to publish local member to cluster through raft"),
+        }
+        tokio::time::sleep(cfg.heartbeat_interval).await;
+    }
+}
+
+/// The socket address of a listen URL; `localhost` means the IPv4 loopback, as Go's
+/// listener resolves it.
+fn listen_addr(url: &url::Url) -> SocketAddr {
+    let port = url.port_or_known_default().unwrap_or(0);
+    let ip = match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    SocketAddr::new(ip, port)
+}

@@ -1,0 +1,216 @@
+//! Applying committed Raft entries to the state database.
+//!
+//! Everything a committed entry does happens in the caller's batch transaction, inside a
+//! savepoint per request, so a request that fails (a txn reading a compacted revision,
+//! a put naming a missing lease) leaves nothing behind while the entries around it
+//! still apply. The applied index is written in the same transaction as the effects it
+//! covers: after a crash, exactly the entries past it are applied again.
+
+use prost::Message as _;
+use raft::prelude::{ConfChangeType, ConfChangeV2, Entry, EntryType};
+use rusqlite::Connection;
+
+use crate::error::RequestError;
+use crate::membership::{self, Member};
+use crate::mvcc::{self, Revisions, WriteTxn};
+use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
+use crate::proto::qetcdpb::{MemberRecord, RaftRequest, raft_request::Request};
+use crate::storage::{Meta, StorageError};
+
+/// The result of applying one client request.
+#[derive(Debug)]
+pub enum Applied {
+    Put(crate::proto::etcdserverpb::PutResponse),
+    DeleteRange(crate::proto::etcdserverpb::DeleteRangeResponse),
+    Txn(crate::proto::etcdserverpb::TxnResponse),
+    Compaction(CompactionResponse),
+    Published,
+}
+
+pub type ApplyResult = Result<Applied, RequestError>;
+
+/// A request that was applied and whose proposer is this member.
+pub struct Completion {
+    pub id: u64,
+    pub result: ApplyResult,
+}
+
+/// What the Raft node must act on after applying a conf change.
+pub struct ConfChangeEntry {
+    pub index: u64,
+    pub change: ConfChangeV2,
+}
+
+pub struct StateMachine {
+    member_id: u64,
+    revisions: Revisions,
+    applied_index: u64,
+}
+
+impl StateMachine {
+    pub fn load(conn: &Connection, member_id: u64) -> Result<Self, StorageError> {
+        let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        Ok(StateMachine {
+            member_id,
+            revisions,
+            applied_index: Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0),
+        })
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        self.revisions
+    }
+
+    /// Applies one committed entry. Client requests proposed here come back in
+    /// `completions`; conf changes are returned for the Raft node to apply to Raft
+    /// (membership rows are already updated here).
+    pub fn apply(
+        &mut self,
+        conn: &Connection,
+        entry: &Entry,
+        completions: &mut Vec<Completion>,
+    ) -> Result<Option<ConfChangeEntry>, StorageError> {
+        if entry.index <= self.applied_index {
+            return Ok(None);
+        }
+        let conf_change = match entry.get_entry_type() {
+            EntryType::EntryNormal if entry.data.is_empty() => None, // a new leader's no-op
+            EntryType::EntryNormal => {
+                let req = RaftRequest::decode(entry.data.as_ref()).map_err(|e| {
+                    StorageError::Corrupt(format!("log entry {}: {e}", entry.index))
+                })?;
+                let result = self.apply_request(conn, req.request)?;
+                if req.origin == self.member_id {
+                    completions.push(Completion { id: req.id, result });
+                }
+                None
+            }
+            EntryType::EntryConfChange => {
+                let cc: raft::prelude::ConfChange =
+                    protobuf::Message::parse_from_bytes(entry.data.as_ref()).map_err(|e| {
+                        StorageError::Corrupt(format!("conf change {}: {e}", entry.index))
+                    })?;
+                let change = raft::prelude::ConfChangeI::into_v2(cc);
+                self.apply_membership(conn, &change)?;
+                Some(ConfChangeEntry {
+                    index: entry.index,
+                    change,
+                })
+            }
+            EntryType::EntryConfChangeV2 => {
+                let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(entry.data.as_ref())
+                    .map_err(|e| {
+                        StorageError::Corrupt(format!("conf change {}: {e}", entry.index))
+                    })?;
+                self.apply_membership(conn, &change)?;
+                Some(ConfChangeEntry {
+                    index: entry.index,
+                    change,
+                })
+            }
+        };
+        self.applied_index = entry.index;
+        Meta::AppliedIndex.set_u64(conn, entry.index)?;
+        Ok(conf_change)
+    }
+
+    fn apply_membership(&self, conn: &Connection, cc: &ConfChangeV2) -> Result<(), StorageError> {
+        let record = if cc.context.is_empty() {
+            None
+        } else {
+            Some(MemberRecord::decode(cc.context.as_ref()).map_err(|e| {
+                StorageError::Corrupt(format!("conf change member record: {e}"))
+            })?)
+        };
+        for single in cc.get_changes() {
+            match single.get_change_type() {
+                ConfChangeType::RemoveNode => membership::remove(conn, single.node_id)?,
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                    if let Some(r) = &record {
+                        membership::upsert(conn, &Member::from_record(r))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one request in a savepoint: on error its partial writes are rolled back and
+    /// the error goes to the waiting client; storage failures stop the member.
+    fn apply_request(
+        &mut self,
+        conn: &Connection,
+        request: Option<Request>,
+    ) -> Result<ApplyResult, StorageError> {
+        conn.execute_batch("SAVEPOINT request")?;
+        let outcome = self.dispatch(conn, request);
+        match &outcome {
+            Ok(_) => conn.execute_batch("RELEASE request")?,
+            Err(_) => conn.execute_batch("ROLLBACK TO request; RELEASE request")?,
+        }
+        match outcome {
+            Err(RequestError::Internal(detail)) => Err(StorageError::Corrupt(detail)),
+            other => Ok(other),
+        }
+    }
+
+    fn dispatch(&mut self, conn: &Connection, request: Option<Request>) -> ApplyResult {
+        let base = self.revisions;
+        let applied = match request {
+            Some(Request::Put(p)) => {
+                let mut w = WriteTxn::new(conn, base);
+                let r = w.put(&p)?;
+                self.finish_write(conn, &w)?;
+                Applied::Put(r)
+            }
+            Some(Request::DeleteRange(d)) => {
+                let mut w = WriteTxn::new(conn, base);
+                let r = w.delete_range(&d)?;
+                self.finish_write(conn, &w)?;
+                Applied::DeleteRange(r)
+            }
+            Some(Request::Txn(t)) => {
+                let mut w = WriteTxn::new(conn, base);
+                let r = mvcc::apply_txn(&mut w, &t)?;
+                self.finish_write(conn, &w)?;
+                Applied::Txn(r)
+            }
+            Some(Request::Compaction(c)) => {
+                let revs = mvcc::compact(conn, base, c.revision)?;
+                revs.store(conn)?;
+                self.revisions = revs;
+                Applied::Compaction(CompactionResponse {
+                    header: Some(ResponseHeader {
+                        revision: revs.current,
+                        ..Default::default()
+                    }),
+                })
+            }
+            Some(Request::Publish(attrs)) => {
+                membership::publish(conn, &attrs)?;
+                Applied::Published
+            }
+            Some(Request::LeaseGrant(_)) | Some(Request::LeaseRevoke(_)) => {
+                return Err(RequestError::NotCapable);
+            }
+            None => return Err(RequestError::Internal("empty raft request".into())),
+        };
+        Ok(applied)
+    }
+
+    fn finish_write(&mut self, conn: &Connection, w: &WriteTxn<'_>) -> Result<(), RequestError> {
+        let revs = Revisions {
+            current: w.revision(),
+            compacted: self.revisions.compacted,
+        };
+        if revs != self.revisions {
+            revs.store(conn)?;
+            self.revisions = revs;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,400 @@
+//! The Raft log, hard state and conf state behind raft-rs's [`Storage`] trait.
+//!
+//! Raft reads through the trait (`&self`, from the Raft thread only); writes go through
+//! a [`LogBatch`], one per `Ready`, which is also the transaction the state machine
+//! applies committed entries in. The bounds of the log are cached in memory so that the
+//! hot queries (`first_index`, `last_index`, the term at the edges) cost no SQL.
+
+use std::cell::{Cell, RefCell};
+
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use rusqlite::{Connection, Transaction, params};
+
+use super::{Meta, StorageError};
+
+/// How durable the commit of a [`LogBatch`] must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync before `commit` returns. Required whenever the batch holds log entries or
+    /// hard state: Raft may only act on them (vote, acknowledge) once they are stable.
+    Sync,
+    /// No fsync of its own. Used for batches that only apply already-durable entries:
+    /// if the machine crashes before a later `Sync` commit flushes it, the entries are
+    /// simply applied again from the log on restart. WAL commits reach disk in order,
+    /// so a lost batch never leaves a later one behind.
+    Deferred,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bounds {
+    /// Index and term of the entry just before the first one kept in the table.
+    truncated_index: u64,
+    truncated_term: u64,
+    /// Index and term of the last entry (equal to the truncated ones when empty).
+    last_index: u64,
+    last_term: u64,
+}
+
+/// SQLite-backed Raft storage.
+pub struct RaftLog {
+    conn: Connection,
+    bounds: Cell<Bounds>,
+    raft_state: RefCell<RaftState>,
+    synchronous_full: Cell<bool>,
+}
+
+impl RaftLog {
+    /// Loads the log state from the writing connection of a state database.
+    pub fn open(conn: Connection) -> Result<Self, StorageError> {
+        let hard_state = match Meta::HardState.get_blob(&conn)? {
+            Some(b) => HardState::parse_from_bytes(&b)
+                .map_err(|e| StorageError::Corrupt(format!("hard state: {e}")))?,
+            None => HardState::default(),
+        };
+        let conf_state = match Meta::ConfState.get_blob(&conn)? {
+            Some(b) => ConfState::parse_from_bytes(&b)
+                .map_err(|e| StorageError::Corrupt(format!("conf state: {e}")))?,
+            None => ConfState::default(),
+        };
+        let truncated_index = Meta::TruncatedIndex.get_u64(&conn)?.unwrap_or(0);
+        let truncated_term = Meta::TruncatedTerm.get_u64(&conn)?.unwrap_or(0);
+        let last: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT idx, term FROM raft_log ORDER BY idx DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        let (last_index, last_term) = match last {
+            Some((i, t)) => (i as u64, t as u64),
+            None => (truncated_index, truncated_term),
+        };
+        Ok(RaftLog {
+            conn,
+            bounds: Cell::new(Bounds {
+                truncated_index,
+                truncated_term,
+                last_index,
+                last_term,
+            }),
+            raft_state: RefCell::new(RaftState {
+                hard_state,
+                conf_state,
+            }),
+            synchronous_full: Cell::new(true),
+        })
+    }
+
+    /// The writing connection, for reads outside a batch (start-up, status).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn hard_state(&self) -> HardState {
+        self.raft_state.borrow().hard_state.clone()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.raft_state.borrow().conf_state.clone()
+    }
+
+    /// Starts the one transaction of a `Ready`.
+    pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
+        let full = durability == Durability::Sync;
+        if self.synchronous_full.get() != full {
+            self.conn
+                .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
+            self.synchronous_full.set(full);
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        Ok(LogBatch {
+            log: self,
+            tx,
+            bounds: self.bounds.get(),
+            hard_state: None,
+            conf_state: None,
+        })
+    }
+
+    fn entry_term(&self, idx: u64) -> Result<u64, StorageError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT term FROM raft_log WHERE idx = ?1")?;
+        let term: i64 = stmt.query_row(params![idx as i64], |r| r.get(0))?;
+        Ok(term as u64)
+    }
+}
+
+/// One transaction against the state database: log appends, hard/conf state, and
+/// whatever the state machine writes through [`LogBatch::conn`]. The in-memory view of
+/// the log changes only when [`LogBatch::commit`] succeeds.
+pub struct LogBatch<'a> {
+    log: &'a RaftLog,
+    tx: Transaction<'a>,
+    bounds: Bounds,
+    hard_state: Option<HardState>,
+    conf_state: Option<ConfState>,
+}
+
+impl LogBatch<'_> {
+    /// The transaction, for the state machine's writes.
+    pub fn conn(&self) -> &Connection {
+        &self.tx
+    }
+
+    /// Appends entries, first discarding any conflicting suffix (entries at or after the
+    /// first new index), as Raft requires when a new leader overwrites an old tail.
+    pub fn append(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.bounds.truncated_index {
+            return Err(StorageError::Corrupt(format!(
+                "append at index {} overwrites the compacted log (truncated at {})",
+                first.index, self.bounds.truncated_index
+            )));
+        }
+        if first.index > self.bounds.last_index + 1 {
+            return Err(StorageError::Corrupt(format!(
+                "append at index {} leaves a gap after last index {}",
+                first.index, self.bounds.last_index
+            )));
+        }
+        if first.index <= self.bounds.last_index {
+            self.tx
+                .prepare_cached("DELETE FROM raft_log WHERE idx >= ?1")?
+                .execute(params![first.index as i64])?;
+        }
+        let mut insert = self
+            .tx
+            .prepare_cached("INSERT INTO raft_log (idx, term, entry) VALUES (?1, ?2, ?3)")?;
+        let mut buf = Vec::new();
+        for e in entries {
+            buf.clear();
+            e.write_to_vec(&mut buf)
+                .map_err(|err| StorageError::Corrupt(format!("encode entry: {err}")))?;
+            insert.execute(params![e.index as i64, e.term as i64, &buf])?;
+        }
+        let last = entries.last().expect("entries is not empty");
+        self.bounds.last_index = last.index;
+        self.bounds.last_term = last.term;
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, hs: &HardState) -> Result<(), StorageError> {
+        let bytes = hs
+            .write_to_bytes()
+            .map_err(|e| StorageError::Corrupt(format!("encode hard state: {e}")))?;
+        Meta::HardState.set_blob(&self.tx, &bytes)?;
+        self.hard_state = Some(hs.clone());
+        Ok(())
+    }
+
+    /// Records a new commit index without touching term or vote.
+    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
+        let mut hs = self
+            .hard_state
+            .clone()
+            .unwrap_or_else(|| self.log.hard_state());
+        if hs.commit >= commit {
+            return Ok(());
+        }
+        hs.commit = commit;
+        self.set_hard_state(&hs)
+    }
+
+    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
+        let bytes = cs
+            .write_to_bytes()
+            .map_err(|e| StorageError::Corrupt(format!("encode conf state: {e}")))?;
+        Meta::ConfState.set_blob(&self.tx, &bytes)?;
+        self.conf_state = Some(cs.clone());
+        Ok(())
+    }
+
+    /// Discards log entries before `compact_index`, keeping the term of the entry just
+    /// before it so that Raft can still match its predecessor.
+    pub fn compact(&mut self, compact_index: u64) -> Result<(), StorageError> {
+        if compact_index <= self.bounds.truncated_index + 1 {
+            return Ok(());
+        }
+        if compact_index > self.bounds.last_index + 1 {
+            return Err(StorageError::Corrupt(format!(
+                "compaction to {compact_index} beyond last index {}",
+                self.bounds.last_index
+            )));
+        }
+        let new_truncated = compact_index - 1;
+        let term = if new_truncated == self.bounds.last_index {
+            self.bounds.last_term
+        } else {
+            let mut stmt = self
+                .tx
+                .prepare_cached("SELECT term FROM raft_log WHERE idx = ?1")?;
+            let t: i64 = stmt.query_row(params![new_truncated as i64], |r| r.get(0))?;
+            t as u64
+        };
+        self.tx
+            .prepare_cached("DELETE FROM raft_log WHERE idx < ?1")?
+            .execute(params![compact_index as i64])?;
+        Meta::TruncatedIndex.set_u64(&self.tx, new_truncated)?;
+        Meta::TruncatedTerm.set_u64(&self.tx, term)?;
+        self.bounds.truncated_index = new_truncated;
+        self.bounds.truncated_term = term;
+        Ok(())
+    }
+
+    /// Replaces the whole log by the point a snapshot stands for: everything up to and
+    /// including `index` is now represented by the state, not by entries.
+    pub fn reset_to_snapshot(
+        &mut self,
+        index: u64,
+        term: u64,
+        cs: &ConfState,
+    ) -> Result<(), StorageError> {
+        self.tx.execute("DELETE FROM raft_log", [])?;
+        Meta::TruncatedIndex.set_u64(&self.tx, index)?;
+        Meta::TruncatedTerm.set_u64(&self.tx, term)?;
+        self.bounds = Bounds {
+            truncated_index: index,
+            truncated_term: term,
+            last_index: index,
+            last_term: term,
+        };
+        let mut hs = self
+            .hard_state
+            .clone()
+            .unwrap_or_else(|| self.log.hard_state());
+        hs.term = hs.term.max(term);
+        hs.commit = hs.commit.max(index);
+        self.set_hard_state(&hs)?;
+        self.set_conf_state(cs)
+    }
+
+    /// Commits the transaction and, only then, makes its changes visible to Raft.
+    pub fn commit(self) -> Result<(), StorageError> {
+        let LogBatch {
+            log,
+            tx,
+            bounds,
+            hard_state,
+            conf_state,
+        } = self;
+        tx.commit()?;
+        log.bounds.set(bounds);
+        let mut rs = log.raft_state.borrow_mut();
+        if let Some(hs) = hard_state {
+            rs.hard_state = hs;
+        }
+        if let Some(cs) = conf_state {
+            rs.conf_state = cs;
+        }
+        Ok(())
+    }
+}
+
+fn storage_err(e: StorageError) -> raft::Error {
+    raft::Error::Store(RaftStorageError::Other(Box::new(e)))
+}
+
+impl Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(self.raft_state.borrow().clone())
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let bounds = self.bounds.get();
+        if low <= bounds.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > bounds.last_index + 1 {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let read = || -> Result<Vec<Entry>, StorageError> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
+            )?;
+            let mut rows = stmt.query(params![low as i64, high as i64])?;
+            let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+            let mut size = 0u64;
+            while let Some(row) = rows.next()? {
+                let bytes = row.get_ref(0)?.as_blob()?;
+                // Same rule as raft::util::limit_size: always at least one entry, then
+                // only while the total stays within the limit.
+                size += bytes.len() as u64;
+                if !out.is_empty() && size > max_size {
+                    break;
+                }
+                out.push(
+                    Entry::parse_from_bytes(bytes)
+                        .map_err(|e| StorageError::Corrupt(format!("log entry: {e}")))?,
+                );
+            }
+            if out.is_empty() && low < high {
+                return Err(StorageError::Corrupt(format!(
+                    "log entries {low}..{high} missing"
+                )));
+            }
+            Ok(out)
+        };
+        read().map_err(storage_err)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let bounds = self.bounds.get();
+        if idx == bounds.truncated_index {
+            return Ok(bounds.truncated_term);
+        }
+        if idx < bounds.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > bounds.last_index {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        if idx == bounds.last_index {
+            return Ok(bounds.last_term);
+        }
+        self.entry_term(idx).map_err(storage_err)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.bounds.get().truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.bounds.get().last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        // The snapshot *is* the state database as applied so far. Its metadata names the
+        // applied index; the transport streams the database itself alongside it.
+        let applied = Meta::AppliedIndex
+            .get_u64(&self.conn)
+            .map_err(storage_err)?
+            .unwrap_or(0);
+        if applied < request_index {
+            return Err(raft::Error::Store(
+                RaftStorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = self.term(applied)?;
+        meta.set_conf_state(self.conf_state());
+        Ok(snap)
+    }
+}

@@ -1,0 +1,68 @@
+//! The tables of the state database.
+
+use rusqlite::Connection;
+
+/// Bumped when the layout changes; a database with another version is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+pub fn create(conn: &Connection) -> Result<(), super::StorageError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version != 0 && version != SCHEMA_VERSION {
+        return Err(super::StorageError::Corrupt(format!(
+            "state database has schema version {version}, this qetcd understands {SCHEMA_VERSION}"
+        )));
+    }
+    conn.execute_batch(
+        "
+        -- Raft log: one row per entry, the entry in raft's protobuf encoding.
+        CREATE TABLE IF NOT EXISTS raft_log (
+            idx   INTEGER PRIMARY KEY,
+            term  INTEGER NOT NULL,
+            entry BLOB    NOT NULL
+        );
+        -- Small named values: hard state, conf state, IDs, applied index, revisions.
+        CREATE TABLE IF NOT EXISTS meta (
+            name  TEXT PRIMARY KEY,
+            value BLOB NOT NULL
+        ) WITHOUT ROWID;
+        -- The latest version of every live key: what reads at the current revision see.
+        CREATE TABLE IF NOT EXISTS kv_live (
+            key        BLOB PRIMARY KEY,
+            create_rev INTEGER NOT NULL,
+            mod_rev    INTEGER NOT NULL,
+            version    INTEGER NOT NULL,
+            value      BLOB    NOT NULL,
+            lease      INTEGER NOT NULL
+        );
+        -- Every revision of every key not yet compacted away, deletions as tombstones.
+        -- Serves reads at past revisions and watch history.
+        CREATE TABLE IF NOT EXISTS kv_history (
+            key        BLOB    NOT NULL,
+            mod_rev    INTEGER NOT NULL,
+            sub_rev    INTEGER NOT NULL,
+            create_rev INTEGER NOT NULL,
+            version    INTEGER NOT NULL,
+            value      BLOB    NOT NULL,
+            lease      INTEGER NOT NULL,
+            tombstone  INTEGER NOT NULL,
+            PRIMARY KEY (key, mod_rev)
+        );
+        CREATE INDEX IF NOT EXISTS kv_history_by_rev ON kv_history (mod_rev, sub_rev);
+        -- Granted leases. Keys name their lease in kv_live.lease.
+        CREATE TABLE IF NOT EXISTS leases (
+            id  INTEGER PRIMARY KEY,
+            ttl INTEGER NOT NULL
+        );
+        -- Cluster membership as applied from the log.
+        CREATE TABLE IF NOT EXISTS members (
+            id          INTEGER PRIMARY KEY,
+            name        TEXT    NOT NULL,
+            peer_urls   TEXT    NOT NULL,
+            client_urls TEXT    NOT NULL,
+            is_learner  INTEGER NOT NULL
+        );
+        ",
+    )?;
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need, then lints and tests every crate.
+# Usage: tests/run.sh [extra cargo test args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive: etcdctl (the client under test), Debian's etcd (the
+# behavioural reference), protoc (the etcd-client crate's build needs it).
+packages=(etcd-client etcd-server protobuf-compiler)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "== installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # etcd-server's postinst tries to start etcd through systemd; there may be no systemd.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+export CARGO_INCREMENTAL=0
+export CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace "$@"
