@@ -69,3 +69,6 @@ pub fn db_size(conn: &Connection) -> Result<(i64, i64), RequestError> {
     let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
     Ok((pages * page_size, (pages - free) * page_size))
 }
+
+#[cfg(test)]
+mod tests;
