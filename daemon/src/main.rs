@@ -13,7 +13,11 @@ fn main() -> ExitCode {
         Ok(Parsed::Version) => {
             println!("qetcd Version: {}", env!("CARGO_PKG_VERSION"));
             println!("etcd API Version: {}", qetcd::api::ETCD_VERSION);
-            println!("Go OS/Arch: {}/{}", std::env::consts::OS, std::env::consts::ARCH);
+            println!(
+                "Go OS/Arch: {}/{}",
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            );
             return ExitCode::SUCCESS;
         }
         Ok(Parsed::Help(text)) => {
@@ -33,7 +37,10 @@ fn main() -> ExitCode {
         tracing::error!("{e}");
         return ExitCode::from(e.exit_code() as u8);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start async runtime: {e}");

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{self, ApiContext};
@@ -77,7 +78,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             tonic::transport::Server::builder()
                 .accept_http1(true)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                .serve_with_incoming_shutdown(client_connections(listener), async move {
                     let _ = stop.wait_for(|s| *s).await;
                 })
                 .await
@@ -137,6 +138,21 @@ async fn publish_attributes(cfg: &Config, node: &raft_node::NodeHandle, member_i
         }
         tokio::time::sleep(cfg.heartbeat_interval).await;
     }
+}
+
+/// Accepted client connections, each wrapped so that etcd 3.4 clients' URL-shaped
+/// `:authority` is accepted (see `api::h2_authority`).
+fn client_connections(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<
+    Item = std::io::Result<api::h2_authority::AuthorityFixingStream<tokio::net::TcpStream>>,
+> {
+    TcpListenerStream::new(listener).map(|conn| {
+        conn.map(|stream| {
+            let _ = stream.set_nodelay(true);
+            api::h2_authority::AuthorityFixingStream::new(stream)
+        })
+    })
 }
 
 /// The socket address of a listen URL; `localhost` means the IPv4 loopback, as Go's

@@ -94,7 +94,7 @@ impl StateMachine {
                     protobuf::Message::parse_from_bytes(entry.data.as_ref()).map_err(|e| {
                         StorageError::Corrupt(format!("conf change {}: {e}", entry.index))
                     })?;
-                let change = raft::prelude::ConfChangeI::into_v2(cc);
+                let change = raft_proto::ConfChangeI::into_v2(cc);
                 self.apply_membership(conn, &change)?;
                 Some(ConfChangeEntry {
                     index: entry.index,
@@ -119,13 +119,14 @@ impl StateMachine {
     }
 
     fn apply_membership(&self, conn: &Connection, cc: &ConfChangeV2) -> Result<(), StorageError> {
-        let record = if cc.context.is_empty() {
-            None
-        } else {
-            Some(MemberRecord::decode(cc.context.as_ref()).map_err(|e| {
-                StorageError::Corrupt(format!("conf change member record: {e}"))
-            })?)
-        };
+        let record =
+            if cc.context.is_empty() {
+                None
+            } else {
+                Some(MemberRecord::decode(cc.context.as_ref()).map_err(|e| {
+                    StorageError::Corrupt(format!("conf change member record: {e}"))
+                })?)
+            };
         for single in cc.get_changes() {
             match single.get_change_type() {
                 ConfChangeType::RemoveNode => membership::remove(conn, single.node_id)?,

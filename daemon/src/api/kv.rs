@@ -29,8 +29,7 @@ impl KvService {
         if self.ctx.node.encoded_len(&request) > self.ctx.max_request_bytes {
             return Err(RequestError::RequestTooLarge);
         }
-        match tokio::time::timeout(self.ctx.request_timeout, self.ctx.node.propose(request)).await
-        {
+        match tokio::time::timeout(self.ctx.request_timeout, self.ctx.node.propose(request)).await {
             Ok(result) => result,
             Err(_) => Err(RequestError::Timeout),
         }
@@ -102,7 +101,10 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        match self.propose(RaftRequest::Compaction(req.into_inner())).await? {
+        match self
+            .propose(RaftRequest::Compaction(req.into_inner()))
+            .await?
+        {
             Applied::Compaction(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))

@@ -2,6 +2,7 @@
 //! client listener.
 
 mod cluster;
+pub mod h2_authority;
 mod http;
 mod kv;
 mod maintenance;
@@ -86,10 +87,12 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
             .max_decoding_message_size(max_message)
             .max_encoding_message_size(usize::MAX),
     )
-    .add_service(MaintenanceServer::new(maintenance::MaintenanceService::new(
+    .add_service(MaintenanceServer::new(
+        maintenance::MaintenanceService::new(ctx.clone()),
+    ))
+    .add_service(ClusterServer::new(cluster::ClusterService::new(
         ctx.clone(),
-    )))
-    .add_service(ClusterServer::new(cluster::ClusterService::new(ctx.clone())));
+    )));
     let router = grpc.into_axum_router().merge(http::router(ctx));
     tonic::service::Routes::from(router)
 }

@@ -49,7 +49,10 @@ mod tests {
         );
         let s = to_status(RequestError::DuplicateKey);
         assert_eq!(s.code(), Code::InvalidArgument);
-        assert_eq!(s.message(), "etcdserver: duplicate key given in txn request");
+        assert_eq!(
+            s.message(),
+            "etcdserver: duplicate key given in txn request"
+        );
         assert_eq!(
             to_status(RequestError::LeaseNotFound).code(),
             Code::NotFound

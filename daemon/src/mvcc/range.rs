@@ -108,8 +108,10 @@ pub fn range(
 
 /// The ORDER BY clause for a request; keys break ties so results are deterministic.
 fn order_by(req: &RangeRequest) -> Result<&'static str, RequestError> {
-    let target = SortTarget::try_from(req.sort_target).map_err(|_| RequestError::InvalidSortOption)?;
-    let mut order = SortOrder::try_from(req.sort_order).map_err(|_| RequestError::InvalidSortOption)?;
+    let target =
+        SortTarget::try_from(req.sort_target).map_err(|_| RequestError::InvalidSortOption)?;
+    let mut order =
+        SortOrder::try_from(req.sort_order).map_err(|_| RequestError::InvalidSortOption)?;
     // etcd sorts ascending by default when a non-key target is named without an order.
     if target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;

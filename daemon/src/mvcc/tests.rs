@@ -77,11 +77,22 @@ fn revisions_start_at_one_and_count_changes() {
     assert_eq!(s.revs.current, 1);
     assert_eq!(s.put("a", "1"), 2);
     assert_eq!(s.put("a", "2"), 3);
-    let kv = &s.get(RangeRequest { key: "a".into(), ..Default::default() }).unwrap().kvs[0];
+    let kv = &s
+        .get(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0];
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
     assert_eq!(kv.value, b"2");
     // Deleting nothing is not a change.
-    let resp = s.write(|w| w.delete_range(&DeleteRangeRequest { key: "zz".into(), ..Default::default() }));
+    let resp = s.write(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "zz".into(),
+            ..Default::default()
+        })
+    });
     assert_eq!(resp.deleted, 0);
     assert_eq!(s.revs.current, 3);
 }
@@ -91,22 +102,39 @@ fn past_revisions_and_tombstones() {
     let mut s = Store::new();
     s.put("a", "1"); // 2
     s.put("b", "1"); // 3
-    s.write(|w| w.delete_range(&DeleteRangeRequest { key: "a".into(), ..Default::default() })); // 4
+    s.write(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+    }); // 4
     s.put("a", "again"); // 5
     let at = |rev| {
-        s.get(RangeRequest { key: "a".into(), range_end: vec![0], revision: rev, ..Default::default() })
-            .unwrap()
+        s.get(RangeRequest {
+            key: "a".into(),
+            range_end: vec![0],
+            revision: rev,
+            ..Default::default()
+        })
+        .unwrap()
     };
     assert_eq!(keys(&at(2)), ["a"]);
     assert_eq!(keys(&at(3)), ["a", "b"]);
     assert_eq!(keys(&at(4)), ["b"]);
     let now = at(5);
     assert_eq!(keys(&now), ["a", "b"]);
-    assert_eq!(now.kvs[0].create_revision, 5, "re-created key starts a new life");
+    assert_eq!(
+        now.kvs[0].create_revision, 5,
+        "re-created key starts a new life"
+    );
     assert_eq!(now.kvs[0].version, 1);
     assert_eq!(now.header.unwrap().revision, 5);
     assert!(matches!(
-        s.get(RangeRequest { key: "a".into(), revision: 6, ..Default::default() }),
+        s.get(RangeRequest {
+            key: "a".into(),
+            revision: 6,
+            ..Default::default()
+        }),
         Err(RequestError::FutureRevision)
     ));
 }
@@ -117,20 +145,43 @@ fn compaction_keeps_what_reads_at_or_after_it_see() {
     s.put("a", "1"); // 2
     s.put("a", "2"); // 3
     s.put("b", "1"); // 4
-    s.write(|w| w.delete_range(&DeleteRangeRequest { key: "b".into(), ..Default::default() })); // 5
+    s.write(|w| {
+        w.delete_range(&DeleteRangeRequest {
+            key: "b".into(),
+            ..Default::default()
+        })
+    }); // 5
     s.revs = compact(&s.conn, s.revs, 4).unwrap();
     assert!(matches!(
-        s.get(RangeRequest { key: "a".into(), revision: 3, ..Default::default() }),
+        s.get(RangeRequest {
+            key: "a".into(),
+            revision: 3,
+            ..Default::default()
+        }),
         Err(RequestError::Compacted)
     ));
     let at4 = s
-        .get(RangeRequest { key: "a".into(), range_end: vec![0], revision: 4, ..Default::default() })
+        .get(RangeRequest {
+            key: "a".into(),
+            range_end: vec![0],
+            revision: 4,
+            ..Default::default()
+        })
         .unwrap();
     assert_eq!(keys(&at4), ["a", "b"]);
     assert_eq!(at4.kvs[0].value, b"2");
-    assert!(matches!(compact(&s.conn, s.revs, 4), Err(RequestError::Compacted)));
-    assert!(matches!(compact(&s.conn, s.revs, 9), Err(RequestError::FutureRevision)));
-    let rows: i64 = s.conn.query_row("SELECT COUNT(*) FROM kv_history", [], |r| r.get(0)).unwrap();
+    assert!(matches!(
+        compact(&s.conn, s.revs, 4),
+        Err(RequestError::Compacted)
+    ));
+    assert!(matches!(
+        compact(&s.conn, s.revs, 9),
+        Err(RequestError::FutureRevision)
+    ));
+    let rows: i64 = s
+        .conn
+        .query_row("SELECT COUNT(*) FROM kv_history", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(rows, 3, "a@3, b@4 and b's tombstone@5 remain");
 }
 
@@ -141,8 +192,16 @@ fn count_limit_sort_and_filters() {
         s.put(k, v);
     }
     s.put("k2", "a2");
-    let r = s.get(RangeRequest { limit: 2, ..prefix("k") }).unwrap();
-    assert_eq!((keys(&r), r.count, r.more), (vec!["k1".into(), "k2".into()], 3, true));
+    let r = s
+        .get(RangeRequest {
+            limit: 2,
+            ..prefix("k")
+        })
+        .unwrap();
+    assert_eq!(
+        (keys(&r), r.count, r.more),
+        (vec!["k1".into(), "k2".into()], 3, true)
+    );
     let r = s
         .get(RangeRequest {
             sort_target: SortTarget::Value as i32,
@@ -152,40 +211,91 @@ fn count_limit_sort_and_filters() {
         .unwrap();
     assert_eq!(keys(&r), ["k1", "k3", "k2"]);
     // A non-key target without an order sorts ascending, as etcd does.
-    let r = s.get(RangeRequest { sort_target: SortTarget::Mod as i32, ..prefix("k") }).unwrap();
+    let r = s
+        .get(RangeRequest {
+            sort_target: SortTarget::Mod as i32,
+            ..prefix("k")
+        })
+        .unwrap();
     assert_eq!(keys(&r), ["k1", "k3", "k2"]);
-    let r = s.get(RangeRequest { count_only: true, ..prefix("k") }).unwrap();
+    let r = s
+        .get(RangeRequest {
+            count_only: true,
+            ..prefix("k")
+        })
+        .unwrap();
     assert_eq!((r.count, r.kvs.len()), (3, 0));
-    let r = s.get(RangeRequest { keys_only: true, ..prefix("k") }).unwrap();
+    let r = s
+        .get(RangeRequest {
+            keys_only: true,
+            ..prefix("k")
+        })
+        .unwrap();
     assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
-    let r = s.get(RangeRequest { min_mod_revision: 4, ..prefix("k") }).unwrap();
+    let r = s
+        .get(RangeRequest {
+            min_mod_revision: 4,
+            ..prefix("k")
+        })
+        .unwrap();
     assert_eq!((keys(&r), r.count), (vec!["k2".into(), "k3".into()], 3));
-    let r = s.get(RangeRequest { max_create_revision: 2, ..prefix("k") }).unwrap();
+    let r = s
+        .get(RangeRequest {
+            max_create_revision: 2,
+            ..prefix("k")
+        })
+        .unwrap();
     assert_eq!(keys(&r), ["k1"]);
-    let all = s.get(RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() }).unwrap();
+    let all = s
+        .get(RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(all.count, 4);
 }
 
 #[test]
 fn put_options() {
     let mut s = Store::new();
-    let ignore = PutRequest { key: "a".into(), ignore_value: true, ..Default::default() };
+    let ignore = PutRequest {
+        key: "a".into(),
+        ignore_value: true,
+        ..Default::default()
+    };
     let mut w = WriteTxn::new(&s.conn, s.revs);
     assert!(matches!(w.put(&ignore), Err(RequestError::KeyNotFound)));
     s.put("a", "keep");
-    let r = s.write(|w| w.put(&PutRequest { prev_kv: true, ..ignore.clone() }));
+    let r = s.write(|w| {
+        w.put(&PutRequest {
+            prev_kv: true,
+            ..ignore.clone()
+        })
+    });
     assert_eq!(r.prev_kv.unwrap().value, b"keep");
-    let kv = &s.get(RangeRequest { key: "a".into(), ..Default::default() }).unwrap().kvs[0];
+    let kv = &s
+        .get(RangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0];
     assert_eq!((kv.value.as_slice(), kv.version), (&b"keep"[..], 2));
     let mut w = WriteTxn::new(&s.conn, s.revs);
     assert!(matches!(
-        w.put(&PutRequest { lease: 42, ..put_req("b", "v") }),
+        w.put(&PutRequest {
+            lease: 42,
+            ..put_req("b", "v")
+        }),
         Err(RequestError::LeaseNotFound)
     ));
 }
 
 fn op_put(k: &str) -> RequestOp {
-    RequestOp { request: Some(Request::RequestPut(put_req(k, "v"))) }
+    RequestOp {
+        request: Some(Request::RequestPut(put_req(k, "v"))),
+    }
 }
 fn op_del(k: &str, end: &str) -> RequestOp {
     RequestOp {
@@ -198,32 +308,64 @@ fn op_del(k: &str, end: &str) -> RequestOp {
 }
 fn op_txn(success: Vec<RequestOp>, failure: Vec<RequestOp>) -> RequestOp {
     RequestOp {
-        request: Some(Request::RequestTxn(TxnRequest { compare: vec![], success, failure })),
+        request: Some(Request::RequestTxn(TxnRequest {
+            compare: vec![],
+            success,
+            failure,
+        })),
     }
 }
 fn txn(success: Vec<RequestOp>) -> TxnRequest {
-    TxnRequest { compare: vec![], success, failure: vec![] }
+    TxnRequest {
+        compare: vec![],
+        success,
+        failure: vec![],
+    }
 }
 
 #[test]
 fn txn_request_checks() {
     assert!(check_txn(&txn(vec![op_put("a"), op_put("b")]), 128).is_ok());
-    assert!(matches!(check_txn(&txn(vec![op_put("a"), op_put("a")]), 128), Err(RequestError::DuplicateKey)));
-    assert!(matches!(check_txn(&txn(vec![op_put("b"), op_del("a", "c")]), 128), Err(RequestError::DuplicateKey)));
+    assert!(matches!(
+        check_txn(&txn(vec![op_put("a"), op_put("a")]), 128),
+        Err(RequestError::DuplicateKey)
+    ));
+    assert!(matches!(
+        check_txn(&txn(vec![op_put("b"), op_del("a", "c")]), 128),
+        Err(RequestError::DuplicateKey)
+    ));
     assert!(check_txn(&txn(vec![op_put("c"), op_del("a", "c")]), 128).is_ok());
     // A nested txn's branches exclude each other...
-    assert!(check_txn(&txn(vec![op_txn(vec![op_put("a")], vec![op_put("a")])]), 128).is_ok());
+    assert!(
+        check_txn(
+            &txn(vec![op_txn(vec![op_put("a")], vec![op_put("a")])]),
+            128
+        )
+        .is_ok()
+    );
     // ...but not the enclosing branch.
     assert!(matches!(
-        check_txn(&txn(vec![op_put("a"), op_txn(vec![op_put("a")], vec![])]), 128),
+        check_txn(
+            &txn(vec![op_put("a"), op_txn(vec![op_put("a")], vec![])]),
+            128
+        ),
         Err(RequestError::DuplicateKey)
     ));
     assert!(matches!(
-        check_txn(&txn(vec![op_del("a", "z"), op_txn(vec![], vec![op_put("b")])]), 128),
+        check_txn(
+            &txn(vec![op_del("a", "z"), op_txn(vec![], vec![op_put("b")])]),
+            128
+        ),
         Err(RequestError::DuplicateKey)
     ));
-    assert!(matches!(check_txn(&txn(vec![op_put("a"), op_put("b")]), 1), Err(RequestError::TooManyOps)));
-    assert!(matches!(check_txn(&txn(vec![op_put("")]), 128), Err(RequestError::EmptyKey)));
+    assert!(matches!(
+        check_txn(&txn(vec![op_put("a"), op_put("b")]), 1),
+        Err(RequestError::TooManyOps)
+    ));
+    assert!(matches!(
+        check_txn(&txn(vec![op_put("")]), 128),
+        Err(RequestError::EmptyKey)
+    ));
 }
 
 #[test]
@@ -239,18 +381,44 @@ fn txn_compares_and_branches() {
     };
     let t = TxnRequest {
         compare: vec![
-            cmp(CompareTarget::Value, CompareResult::Equal, TargetUnion::Value("1".into())),
-            cmp(CompareTarget::Version, CompareResult::Greater, TargetUnion::Version(0)),
-            cmp(CompareTarget::Mod, CompareResult::Less, TargetUnion::ModRevision(3)),
-            cmp(CompareTarget::Create, CompareResult::NotEqual, TargetUnion::CreateRevision(9)),
+            cmp(
+                CompareTarget::Value,
+                CompareResult::Equal,
+                TargetUnion::Value("1".into()),
+            ),
+            cmp(
+                CompareTarget::Version,
+                CompareResult::Greater,
+                TargetUnion::Version(0),
+            ),
+            cmp(
+                CompareTarget::Mod,
+                CompareResult::Less,
+                TargetUnion::ModRevision(3),
+            ),
+            cmp(
+                CompareTarget::Create,
+                CompareResult::NotEqual,
+                TargetUnion::CreateRevision(9),
+            ),
         ],
         success: vec![op_put("b"), op_put("c")],
         failure: vec![op_put("fail")],
     };
     let r = s.write(|w| apply_txn(w, &t));
     assert!(r.succeeded);
-    assert_eq!(r.header.unwrap().revision, 3, "one revision for the whole txn");
-    let b = &s.get(RangeRequest { key: "c".into(), ..Default::default() }).unwrap().kvs[0];
+    assert_eq!(
+        r.header.unwrap().revision,
+        3,
+        "one revision for the whole txn"
+    );
+    let b = &s
+        .get(RangeRequest {
+            key: "c".into(),
+            ..Default::default()
+        })
+        .unwrap()
+        .kvs[0];
     assert_eq!(b.mod_revision, 3);
     // A missing key: value compares are false; others compare against zero.
     let missing = |target, union| Compare {
@@ -270,7 +438,10 @@ fn txn_compares_and_branches() {
         compare: vec![missing(CompareTarget::Value, TargetUnion::Value(vec![]))],
         success: vec![],
         failure: vec![RequestOp {
-            request: Some(Request::RequestRange(RangeRequest { key: "d".into(), ..Default::default() })),
+            request: Some(Request::RequestRange(RangeRequest {
+                key: "d".into(),
+                ..Default::default()
+            })),
         }],
     };
     let r = s.write(|w| apply_txn(w, &t));

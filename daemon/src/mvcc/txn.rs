@@ -13,8 +13,7 @@ use crate::proto::mvccpb::KeyValue;
 /// etcd's request checks, done before a txn is proposed: operation counts, keys present,
 /// and no key written twice (or written and deleted) by the same branch.
 pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), RequestError> {
-    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops
-    {
+    if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
         return Err(RequestError::TooManyOps);
     }
     for c in &req.compare {
@@ -46,8 +45,7 @@ pub fn check_range(r: &RangeRequest) -> Result<(), RequestError> {
         return Err(RequestError::EmptyKey);
     }
     use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err()
-    {
+    if SortOrder::try_from(r.sort_order).is_err() || SortTarget::try_from(r.sort_target).is_err() {
         return Err(RequestError::InvalidSortOption);
     }
     Ok(())
@@ -135,7 +133,11 @@ pub fn apply_txn(w: &mut WriteTxn<'_>, req: &TxnRequest) -> Result<TxnResponse, 
             break;
         }
     }
-    let ops = if succeeded { &req.success } else { &req.failure };
+    let ops = if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
@@ -186,9 +188,7 @@ fn compare_kv(c: &Compare, target: CompareTarget, kv: &KeyValue) -> bool {
         (CompareTarget::Value, Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v),
         (CompareTarget::Value, _) => kv.value.as_slice().cmp(&[]),
         (CompareTarget::Version, Some(TargetUnion::Version(v))) => kv.version.cmp(v),
-        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
-            kv.create_revision.cmp(v)
-        }
+        (CompareTarget::Create, Some(TargetUnion::CreateRevision(v))) => kv.create_revision.cmp(v),
         (CompareTarget::Mod, Some(TargetUnion::ModRevision(v))) => kv.mod_revision.cmp(v),
         (CompareTarget::Lease, Some(TargetUnion::Lease(v))) => kv.lease.cmp(v),
         // A target without its matching value compares against zero, as in etcd.

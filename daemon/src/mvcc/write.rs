@@ -110,7 +110,9 @@ impl<'c> WriteTxn<'c> {
                    (key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
             )?
-            .execute(params![req.key, rev, sub, create_rev, version, value, lease])?;
+            .execute(params![
+                req.key, rev, sub, create_rev, version, value, lease
+            ])?;
         self.changes += 1;
         Ok(PutResponse {
             header: self.header(),

@@ -57,7 +57,10 @@ pub struct NoPeers;
 impl PeerOutbox for NoPeers {
     fn send(&self, messages: Vec<Message>) {
         if !messages.is_empty() {
-            tracing::warn!(count = messages.len(), "dropping raft messages: no peer transport");
+            tracing::warn!(
+                count = messages.len(),
+                "dropping raft messages: no peer transport"
+            );
         }
     }
 }
@@ -201,7 +204,13 @@ pub fn start(
     cfg: NodeConfig,
     conn: rusqlite::Connection,
     outbox: Box<dyn PeerOutbox>,
-) -> Result<(NodeHandle, std::thread::JoinHandle<Result<(), StorageError>>), StorageError> {
+) -> Result<
+    (
+        NodeHandle,
+        std::thread::JoinHandle<Result<(), StorageError>>,
+    ),
+    StorageError,
+> {
     let (tx, rx) = mpsc::channel();
     let status = Arc::new(NodeStatus::default());
     // Request IDs only need to be unique among this member's in-flight proposals; the
@@ -503,7 +512,9 @@ impl Node {
     }
 
     fn publish_status(&self) {
-        self.status.term.store(self.raw.raft.term, Ordering::Release);
+        self.status
+            .term
+            .store(self.raw.raft.term, Ordering::Release);
         self.status
             .commit_index
             .store(self.raw.raft.raft_log.committed, Ordering::Release);

@@ -45,10 +45,6 @@ impl Proposals {
             false
         });
     }
-
-    pub fn len(&self) -> usize {
-        self.waiting.len()
-    }
 }
 
 /// Linearizable reads, batched: all reads that arrive while one read index is in flight

@@ -3,7 +3,8 @@
 //! fails is a wrong test; one that `RaftLog` fails is a storage bug.
 
 use raft::prelude::{ConfState, Entry, HardState};
-use raft::{GetEntriesContext, MemStorage, Storage, StorageError as RaftStorageError};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, Storage, StorageError as RaftStorageError};
 
 use super::{Durability, RaftLog};
 
@@ -136,7 +137,10 @@ fn append_then_read_back(s: &mut impl Writable) {
     let es = s.entries(1, 4, None, ctx()).unwrap();
     assert_eq!(indexes(&es), vec![(1, 1), (2, 1), (3, 2)]);
     assert_eq!(es[1].data.as_ref(), b"payload-2");
-    assert_eq!(indexes(&s.entries(2, 3, None, ctx()).unwrap()), vec![(2, 1)]);
+    assert_eq!(
+        indexes(&s.entries(2, 3, None, ctx()).unwrap()),
+        vec![(2, 1)]
+    );
 }
 
 fn term_beyond_last_is_unavailable(s: &mut impl Writable) {
@@ -218,7 +222,7 @@ fn hard_and_conf_state_round_trip(s: &mut impl Writable) {
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod mem {
-            $( #[test] fn $name() { super::$name(&mut raft::MemStorage::new()); } )*
+            $( #[test] fn $name() { super::$name(&mut raft::storage::MemStorage::new()); } )*
         }
         mod sqlite {
             $( #[test] fn $name() { super::$name(&mut super::SqliteUnderTest::new()); } )*
@@ -253,7 +257,11 @@ fn sqlite_state_survives_reopen() {
     let s = s.reopen();
     assert_eq!(s.first_index().unwrap(), 11);
     assert_eq!(s.last_index().unwrap(), 20);
-    assert_eq!(s.term(10).unwrap(), 2, "term before first index is retained");
+    assert_eq!(
+        s.term(10).unwrap(),
+        2,
+        "term before first index is retained"
+    );
     assert_eq!(s.initial_state().unwrap().hard_state, hs);
     assert_eq!(s.entries(11, 21, None, ctx()).unwrap().len(), 10);
 }

@@ -331,7 +331,7 @@ impl Storage for RaftLog {
             let mut out = Vec::with_capacity((high - low).min(1024) as usize);
             let mut size = 0u64;
             while let Some(row) = rows.next()? {
-                let bytes = row.get_ref(0)?.as_blob()?;
+                let bytes = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
                 // Same rule as raft::util::limit_size: always at least one entry, then
                 // only while the total stays within the limit.
                 size += bytes.len() as u64;
