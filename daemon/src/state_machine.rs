@@ -45,15 +45,19 @@ pub struct StateMachine {
     member_id: u64,
     revisions: Revisions,
     applied_index: u64,
+    /// What the database holds of the two above, to skip rewriting unchanged values.
+    persisted: (u64, Revisions),
 }
 
 impl StateMachine {
     pub fn load(conn: &Connection, member_id: u64) -> Result<Self, StorageError> {
         let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
         Ok(StateMachine {
             member_id,
             revisions,
-            applied_index: Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0),
+            applied_index,
+            persisted: (applied_index, revisions),
         })
     }
 
@@ -114,8 +118,20 @@ impl StateMachine {
             }
         };
         self.applied_index = entry.index;
-        Meta::AppliedIndex.set_u64(conn, entry.index)?;
         Ok(conf_change)
+    }
+
+    /// Records how far this batch applied, and the revisions that resulted. Called once
+    /// per batch, in the batch's transaction, after its last `apply`.
+    pub fn persist_progress(&mut self, conn: &Connection) -> Result<(), StorageError> {
+        if self.persisted != (self.applied_index, self.revisions) {
+            Meta::AppliedIndex.set_u64(conn, self.applied_index)?;
+            self.revisions
+                .store(conn)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            self.persisted = (self.applied_index, self.revisions);
+        }
+        Ok(())
     }
 
     fn apply_membership(&self, conn: &Connection, cc: &ConfChangeV2) -> Result<(), StorageError> {
@@ -140,18 +156,25 @@ impl StateMachine {
         Ok(())
     }
 
-    /// Runs one request in a savepoint: on error its partial writes are rolled back and
-    /// the error goes to the waiting client; storage failures stop the member.
+    /// Applies one request; the error of a failed one goes to the waiting client, while
+    /// storage failures stop the member. A txn can fail after some of its writes, so it
+    /// runs in a savepoint that is rolled back on failure; a put or delete fails, if at
+    /// all, before writing anything.
     fn apply_request(
         &mut self,
         conn: &Connection,
         request: Option<Request>,
     ) -> Result<ApplyResult, StorageError> {
-        conn.execute_batch("SAVEPOINT request")?;
+        let atomic = matches!(request, Some(Request::Txn(_)));
+        if atomic {
+            conn.prepare_cached("SAVEPOINT request")?.execute([])?;
+        }
         let outcome = self.dispatch(conn, request);
-        match &outcome {
-            Ok(_) => conn.execute_batch("RELEASE request")?,
-            Err(_) => conn.execute_batch("ROLLBACK TO request; RELEASE request")?,
+        if atomic {
+            if outcome.is_err() {
+                conn.prepare_cached("ROLLBACK TO request")?.execute([])?;
+            }
+            conn.prepare_cached("RELEASE request")?.execute([])?;
         }
         match outcome {
             Err(RequestError::Internal(detail)) => Err(StorageError::Corrupt(detail)),
@@ -165,24 +188,23 @@ impl StateMachine {
             Some(Request::Put(p)) => {
                 let mut w = WriteTxn::new(conn, base);
                 let r = w.put(&p)?;
-                self.finish_write(conn, &w)?;
+                self.finish_write(&w)?;
                 Applied::Put(r)
             }
             Some(Request::DeleteRange(d)) => {
                 let mut w = WriteTxn::new(conn, base);
                 let r = w.delete_range(&d)?;
-                self.finish_write(conn, &w)?;
+                self.finish_write(&w)?;
                 Applied::DeleteRange(r)
             }
             Some(Request::Txn(t)) => {
                 let mut w = WriteTxn::new(conn, base);
                 let r = mvcc::apply_txn(&mut w, &t)?;
-                self.finish_write(conn, &w)?;
+                self.finish_write(&w)?;
                 Applied::Txn(r)
             }
             Some(Request::Compaction(c)) => {
                 let revs = mvcc::compact(conn, base, c.revision)?;
-                revs.store(conn)?;
                 self.revisions = revs;
                 Applied::Compaction(CompactionResponse {
                     header: Some(ResponseHeader {
@@ -203,15 +225,8 @@ impl StateMachine {
         Ok(applied)
     }
 
-    fn finish_write(&mut self, conn: &Connection, w: &WriteTxn<'_>) -> Result<(), RequestError> {
-        let revs = Revisions {
-            current: w.revision(),
-            compacted: self.revisions.compacted,
-        };
-        if revs != self.revisions {
-            revs.store(conn)?;
-            self.revisions = revs;
-        }
+    fn finish_write(&mut self, w: &WriteTxn<'_>) -> Result<(), RequestError> {
+        self.revisions.current = w.revision();
         Ok(())
     }
 }

@@ -149,12 +149,8 @@ impl NodeHandle {
 
     /// Size a request will have in the log, for etcd's `--max-request-bytes` check.
     pub fn encoded_len(&self, request: &Request) -> usize {
-        RaftRequest {
-            id: u64::MAX,
-            origin: self.id,
-            request: Some(request.clone()),
-        }
-        .encoded_len()
+        // The request plus the envelope's two u64 fields at their largest.
+        request.encoded_len() + 2 * 11
     }
 
     fn next_request_id(&self) -> u64 {
@@ -266,6 +262,7 @@ struct Node {
     /// Applied index at the last log compaction.
     compacted_at: u64,
     completions: Vec<Completion>,
+    _checkpointer: Option<crate::storage::Checkpointer>,
 }
 
 impl Node {
@@ -277,6 +274,10 @@ impl Node {
         ids: NodeHandle,
     ) -> Result<Self, StorageError> {
         let machine = StateMachine::load(&conn, cfg.id)?;
+        let checkpointer = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(|p| crate::storage::Checkpointer::start(p.into()));
         let log = Rc::new(RaftLog::open(conn)?);
         let raft_cfg = raft::Config {
             id: cfg.id,
@@ -323,6 +324,7 @@ impl Node {
             proposals: Proposals::default(),
             reads: Reads::default(),
             completions: Vec::new(),
+            _checkpointer: checkpointer,
         })
     }
 
@@ -468,6 +470,7 @@ impl Node {
                 batch.set_conf_state(&cs)?;
             }
         }
+        self.machine.persist_progress(batch.conn())?;
         self.maybe_compact_log(batch)
     }
 

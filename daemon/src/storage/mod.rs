@@ -7,6 +7,7 @@
 //! through a small pool of read-only connections ([`ReaderPool`]), which WAL mode lets run
 //! beside the writer without blocking it.
 
+mod checkpointer;
 mod meta;
 mod raft_log;
 mod readers;
@@ -17,6 +18,7 @@ mod conformance;
 
 use std::path::{Path, PathBuf};
 
+pub use checkpointer::Checkpointer;
 pub use meta::Meta;
 pub use raft_log::{Durability, LogBatch, RaftLog};
 pub use readers::{ReadGuard, ReaderPool};
@@ -57,9 +59,8 @@ pub fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Checkpointing is left to SQLite's automatic checkpoints; bigger than the default
-    // (1000 pages) so that bursts of writes are not interrupted as often.
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // Checkpoints run on their own thread (see Checkpointer), not inside commits.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     schema::create(&conn)?;
     Ok(conn)
 }
