@@ -523,3 +523,6 @@ impl Node {
             .store(self.raw.raft.raft_log.committed, Ordering::Release);
     }
 }
+
+#[cfg(test)]
+mod tests;
