@@ -30,6 +30,9 @@ pub enum BootstrapError {
         "joining an existing cluster (--initial-cluster-state existing) is not supported by this version of qetcd"
     )]
     JoinUnsupported,
+    /// The configuration cannot bootstrap a new member (etcd's VerifyBootstrap).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -81,6 +84,7 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
     if cfg.initial_cluster_state == ClusterState::Existing {
         return Err(BootstrapError::JoinUnsupported);
     }
+    cfg.validate_new_cluster()?;
     let (member_id, cluster_id) = initialise_new_cluster(cfg, conn)?;
     let conn = storage::open_writer(&db_path)?;
     Ok(Bootstrapped {
@@ -149,12 +153,7 @@ fn initialise_new_cluster(
         .iter()
         .find(|m| m.name == cfg.name)
         .map(|m| m.id)
-        .ok_or_else(|| {
-            StorageError::Corrupt(format!(
-                "couldn't find local name {:?} in the initial cluster configuration",
-                cfg.name
-            ))
-        })?;
+        .expect("validate_new_cluster checked that this member is in the initial cluster");
     let ids: Vec<u64> = members.iter().map(|m| m.id).collect();
     let cluster = cluster_id(&ids);
 

@@ -204,11 +204,12 @@ impl<S> AuthorityFixingStream<S> {
         };
         let mut changed = false;
         for (name, value) in headers.iter_mut() {
-            if name.as_slice() == b":authority" {
-                if let Some(fixed) = authority_of_url(value) {
-                    *value = fixed;
-                    changed = true;
-                }
+            if name.as_slice() != b":authority" {
+                continue;
+            }
+            if let Some(fixed) = authority_of_url(value) {
+                *value = fixed;
+                changed = true;
             }
         }
         if !changed && self.encoder.is_none() {
@@ -373,7 +374,9 @@ mod tests {
     }
 
     /// Parses frames back out and decodes their header blocks like the server would.
-    fn server_view(bytes: &[u8]) -> (Vec<Vec<(Vec<u8>, Vec<u8>)>>, Vec<Vec<u8>>) {
+    type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
+
+    fn server_view(bytes: &[u8]) -> (Vec<HeaderList>, Vec<Vec<u8>>) {
         assert!(bytes.starts_with(PREFACE));
         let mut rest = &bytes[PREFACE.len()..];
         let mut decoder = Decoder::new();

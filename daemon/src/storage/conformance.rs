@@ -106,11 +106,12 @@ impl Writable for SqliteUnderTest {
 }
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = format!("payload-{index}").into_bytes().into();
-    e
+    Entry {
+        index,
+        term,
+        data: format!("payload-{index}").into_bytes().into(),
+        ..Default::default()
+    }
 }
 
 fn ctx() -> GetEntriesContext {
@@ -206,10 +207,12 @@ fn compaction_hides_old_entries(s: &mut impl Writable) {
 }
 
 fn hard_and_conf_state_round_trip(s: &mut impl Writable) {
-    let mut hs = HardState::default();
-    hs.term = 7;
-    hs.vote = 3;
-    hs.commit = 0;
+    let hs = HardState {
+        term: 7,
+        vote: 3,
+        commit: 0,
+        ..Default::default()
+    };
     s.set_hard_state(hs.clone());
     s.set_conf_state(ConfState::from((vec![1, 2, 3], vec![4])));
     let st = s.initial_state().unwrap();
@@ -247,10 +250,12 @@ fn sqlite_state_survives_reopen() {
     let mut s = SqliteUnderTest::new();
     let es: Vec<Entry> = (1..=20).map(|i| entry(i, 2)).collect();
     s.append(&es);
-    let mut hs = HardState::default();
-    hs.term = 2;
-    hs.vote = 1;
-    hs.commit = 20;
+    let hs = HardState {
+        term: 2,
+        vote: 1,
+        commit: 20,
+        ..Default::default()
+    };
     s.set_hard_state(hs.clone());
     s.set_conf_state(ConfState::from((vec![1], vec![])));
     s.compact(11);
