@@ -1,1 +1,14 @@
+//! Harness for process-level tests: start real members (qetcd, or Debian's etcd as a
+//! reference), drive them with Debian's `etcdctl`, wait for conditions with deadlines.
+//!
+//! Every member gets its own loopback address (127.x.y.z), so tests run in parallel
+//! without port clashes, and every process is killed when its handle drops, even when
+//! the test panics.
 
+pub mod etcdctl;
+pub mod member;
+pub mod wait;
+
+pub use etcdctl::{Etcdctl, Output};
+pub use member::{Binary, Member, MemberSpec};
+pub use wait::wait_until;

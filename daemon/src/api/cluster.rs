@@ -29,17 +29,10 @@ impl Cluster for ClusterService {
         &self,
         _req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let (revision, members) = self
-            .ctx
-            .read(|conn| {
-                Ok((
-                    crate::mvcc::Revisions::load(conn)?.current,
-                    membership::list(conn)?,
-                ))
-            })
-            .await?;
+        let members = self.ctx.read(|conn| Ok(membership::list(conn)?)).await?;
+        // etcd's cluster service headers carry no revision.
         Ok(Response::new(MemberListResponse {
-            header: Some(self.ctx.header(revision)),
+            header: Some(self.ctx.header(0)),
             members: members.iter().map(|m| m.to_proto()).collect(),
         }))
     }

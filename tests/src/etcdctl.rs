@@ -1,0 +1,74 @@
+//! Debian's `etcdctl` (v3 API) against a set of endpoints.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// What one etcdctl run printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// stdout, after asserting the command succeeded.
+    pub fn ok(&self) -> &str {
+        assert!(self.success, "etcdctl failed: {self:#?}");
+        &self.stdout
+    }
+
+    /// Parsed `-w json` output, after asserting success.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.ok())
+            .unwrap_or_else(|e| panic!("etcdctl printed no JSON ({e}): {self:#?}"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Etcdctl {
+    endpoints: String,
+}
+
+impl Etcdctl {
+    pub fn new(endpoints: &str) -> Self {
+        Etcdctl {
+            endpoints: endpoints.to_string(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with_stdin(args, None)
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(&self.endpoints)
+            .arg("--command-timeout=10s")
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl is installed (Debian package etcd-client)");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin piped");
+            pipe.write_all(input.as_bytes())
+                .expect("write etcdctl stdin");
+        }
+        let out = child.wait_with_output().expect("etcdctl runs");
+        Output {
+            success: out.status.success(),
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
