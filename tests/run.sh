@@ -25,5 +25,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "== cargo build (the binaries the process-level tests run)"
+cargo build --workspace --bins
 echo "== cargo test"
 cargo test --workspace "$@"

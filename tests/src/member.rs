@@ -37,6 +37,18 @@ impl Binary {
         }
     }
 
+    /// The binary, or a panic that says how to get it.
+    fn require(self) -> PathBuf {
+        let p = self.path();
+        assert!(
+            p.exists(),
+            "{} not found: build it first (`cargo build --workspace --bins`, as tests/run.sh does){}",
+            p.display(),
+            if self == Binary::Etcd { ", or install Debian's etcd-server" } else { "" }
+        );
+        p
+    }
+
     pub fn available(self) -> bool {
         self.path().exists()
     }
@@ -172,7 +184,7 @@ impl Member {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("out.log");
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = Command::new(binary.path());
+        let mut cmd = Command::new(binary.require());
         cmd.args(args)
             .current_dir(dir.path())
             .env_clear()
@@ -201,7 +213,7 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(self.binary.path());
+        let mut cmd = Command::new(self.binary.require());
         cmd.args(self.spec.args(&self.data_dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
