@@ -44,7 +44,11 @@ impl Binary {
             p.exists(),
             "{} not found: build it first (`cargo build --workspace --bins`, as tests/run.sh does){}",
             p.display(),
-            if self == Binary::Etcd { ", or install Debian's etcd-server" } else { "" }
+            if self == Binary::Etcd {
+                ", or install Debian's etcd-server"
+            } else {
+                ""
+            }
         );
         p
     }
