@@ -24,3 +24,4 @@ pub mod raft_node;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+pub mod transport;

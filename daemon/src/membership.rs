@@ -83,11 +83,10 @@ pub fn publish(conn: &Connection, attrs: &MemberAttributes) -> Result<(), Storag
     Ok(())
 }
 
-/// All members, ordered by ID.
+/// All members, ordered by ID (as unsigned numbers, as etcd lists them).
 pub fn list(conn: &Connection) -> Result<Vec<Member>, StorageError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, name, peer_urls, client_urls, is_learner FROM members ORDER BY id",
-    )?;
+    let mut stmt =
+        conn.prepare_cached("SELECT id, name, peer_urls, client_urls, is_learner FROM members")?;
     let mut rows = stmt.query([])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
@@ -102,5 +101,6 @@ pub fn list(conn: &Connection) -> Result<Vec<Member>, StorageError> {
             is_learner: r.get(4)?,
         });
     }
+    out.sort_by_key(|m| m.id);
     Ok(out)
 }

@@ -13,8 +13,9 @@ use crate::api::{self, ApiContext};
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::{Config, url_string};
 use crate::proto::qetcdpb::{MemberAttributes, raft_request::Request};
-use crate::raft_node::{self, NoPeers, NodeConfig};
+use crate::raft_node::{self, NodeConfig};
 use crate::storage::{ReaderPool, StorageError};
+use crate::transport::{PeerTransport, TransportError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -27,7 +28,9 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}: serving https client URLs is not supported by this version of qetcd")]
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{0}: https URLs are not supported by this version of qetcd")]
     TlsUnsupported(String),
     #[error("client listener failed: {0}")]
     Serve(String),
@@ -50,7 +53,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         snapshot_catchup_entries: cfg.snapshot_catchup_entries,
         request_timeout: request_timeout(&cfg),
     };
-    let (node, node_thread) = raft_node::start(node_cfg, boot.conn, Box::new(NoPeers))?;
+    let peer_addrs = cfg
+        .listen_peer_urls
+        .iter()
+        .map(|u| {
+            if u.scheme() == "http" {
+                Ok(listen_addr(u))
+            } else {
+                Err(ServerError::TlsUnsupported(url_string(u)))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let transport = PeerTransport::bind(
+        &peer_addrs,
+        boot.member_id,
+        boot.cluster_id,
+        cfg.election_timeout,
+    )?;
+    for addr in &peer_addrs {
+        tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");
+    }
+    let (node, node_thread) = raft_node::start(node_cfg, boot.conn, Box::new(transport.clone()))?;
+    transport.attach(node.clone());
     let ctx = Arc::new(ApiContext {
         node: node.clone(),
         readers: ReaderPool::new(boot.db_path.clone()),
@@ -104,6 +128,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     };
     let _ = stop_tx.send(true);
+    transport.shutdown();
     for l in listeners {
         if let Ok(Err(e)) = l.await {
             tracing::warn!(error = %e, "client listener ended with an error");

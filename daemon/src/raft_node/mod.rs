@@ -49,6 +49,9 @@ pub struct NodeConfig {
 /// Sends Raft messages to other members. Single-member clusters have nothing to send.
 pub trait PeerOutbox: Send + 'static {
     fn send(&self, messages: Vec<Message>);
+
+    /// The membership changed (or is known for the first time): whom to connect to.
+    fn update_members(&self, _members: &[crate::membership::Member]) {}
 }
 
 /// The outbox of a member with no peers.
@@ -262,6 +265,8 @@ struct Node {
     /// Applied index at the last log compaction.
     compacted_at: u64,
     completions: Vec<Completion>,
+    /// A conf change was applied in the current batch: peers to re-read after commit.
+    membership_changed: bool,
     _checkpointer: Option<crate::storage::Checkpointer>,
 }
 
@@ -307,6 +312,7 @@ impl Node {
                 raw.tick();
             }
         }
+        outbox.update_members(&crate::membership::list(log.conn())?);
         let applied = machine.applied_index();
         status.applied_index.store(applied, Ordering::Release);
         status
@@ -324,6 +330,7 @@ impl Node {
             proposals: Proposals::default(),
             reads: Reads::default(),
             completions: Vec::new(),
+            membership_changed: false,
             _checkpointer: checkpointer,
         })
     }
@@ -468,6 +475,7 @@ impl Node {
                     .apply_conf_change(&cc.change)
                     .map_err(|e| StorageError::Corrupt(format!("conf change {}: {e}", cc.index)))?;
                 batch.set_conf_state(&cs)?;
+                self.membership_changed = true;
             }
         }
         self.machine.persist_progress(batch.conn())?;
@@ -494,6 +502,12 @@ impl Node {
     }
 
     fn after_apply(&mut self) {
+        if std::mem::take(&mut self.membership_changed) {
+            match crate::membership::list(self.log.conn()) {
+                Ok(members) => self.outbox.update_members(&members),
+                Err(e) => tracing::error!(error = %e, "cannot read membership after a conf change"),
+            }
+        }
         for c in self.completions.drain(..) {
             self.proposals.complete(c.id, c.result);
         }

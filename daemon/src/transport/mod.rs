@@ -1,0 +1,457 @@
+//! Peer traffic over QUIC.
+//!
+//! Each member listens on UDP at its `--listen-peer-urls`. Between two members there is
+//! one connection, dialled by the member with the lower ID and redialled with backoff
+//! when lost; the other side uses the connection it accepted. Each side sends its Raft
+//! messages on a long-lived unidirectional stream of its own, many messages per write.
+//! Nothing but the handshake ([`handshake`]) is exchanged until both sides agree on the
+//! cluster ID and on who they are.
+
+mod framing;
+pub mod handshake;
+pub mod quic_config;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use raft::prelude::Message;
+use tokio::sync::{mpsc, watch};
+
+use crate::membership::Member;
+use crate::raft_node::{NodeHandle, PeerOutbox};
+use handshake::{Hello, Verdict, judge};
+
+/// Messages waiting for one peer; beyond this they are dropped, which Raft tolerates
+/// (it retransmits), rather than buffered without bound while a peer is down.
+const QUEUE_PER_PEER: usize = 4096;
+/// A write carries at most about this many bytes of messages.
+const BATCH_BYTES: usize = 1 << 20;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("listen udp {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Config(#[from] quic_config::QuicConfigError),
+}
+
+/// The peer side of a member.
+#[derive(Clone)]
+pub struct PeerTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    local_id: u64,
+    cluster_id: u64,
+    endpoints: Vec<quinn::Endpoint>,
+    client_config: quinn::ClientConfig,
+    node: OnceLock<NodeHandle>,
+    /// Current members (other than us) and their peer URLs.
+    members: RwLock<HashMap<u64, Vec<String>>>,
+    links: Mutex<HashMap<u64, Arc<Link>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// Everything about the connection to one peer.
+struct Link {
+    peer: u64,
+    queue: mpsc::Sender<Message>,
+    conn: watch::Sender<Option<quinn::Connection>>,
+    removed: AtomicBool,
+}
+
+impl PeerTransport {
+    /// Binds the peer listeners. Must be called inside a tokio runtime.
+    pub fn bind(
+        listen: &[SocketAddr],
+        local_id: u64,
+        cluster_id: u64,
+        election_timeout: Duration,
+    ) -> Result<Self, TransportError> {
+        let server = quic_config::insecure_server(election_timeout)?;
+        let client_config = quic_config::insecure_client(election_timeout)?;
+        let mut endpoints = Vec::new();
+        for addr in listen {
+            let ep = quinn::Endpoint::server(server.clone(), *addr).map_err(|source| {
+                TransportError::Bind {
+                    addr: *addr,
+                    source,
+                }
+            })?;
+            endpoints.push(ep);
+        }
+        let inner = Arc::new(Inner {
+            local_id,
+            cluster_id,
+            endpoints,
+            client_config,
+            node: OnceLock::new(),
+            members: RwLock::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        for ep in &inner.endpoints {
+            tokio::spawn(accept_loop(inner.clone(), ep.clone()));
+        }
+        Ok(PeerTransport { inner })
+    }
+
+    /// Connects the transport to the Raft node that receives what peers send.
+    pub fn attach(&self, node: NodeHandle) {
+        let _ = self.inner.node.set(node);
+    }
+
+    /// Closes every connection; peers see this member go away at once.
+    pub fn shutdown(&self) {
+        for ep in &self.inner.endpoints {
+            ep.close(0u32.into(), b"shutting down");
+        }
+    }
+}
+
+impl PeerOutbox for PeerTransport {
+    fn send(&self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        let links = self.inner.links.lock().expect("links lock");
+        for msg in messages {
+            if let Some(link) = links.get(&msg.to) {
+                // Full queue: the peer is not keeping up or not there; Raft resends.
+                let _ = link.queue.try_send(msg);
+            }
+        }
+    }
+
+    fn update_members(&self, members: &[Member]) {
+        let inner = &self.inner;
+        let current: HashMap<u64, Vec<String>> = members
+            .iter()
+            .filter(|m| m.id != inner.local_id)
+            .map(|m| (m.id, m.peer_urls.clone()))
+            .collect();
+        let mut links = inner.links.lock().expect("links lock");
+        links.retain(|id, link| {
+            let keep = current.contains_key(id);
+            if !keep {
+                link.removed.store(true, Ordering::Release);
+                if let Some(c) = link.conn.borrow().as_ref() {
+                    c.close(0u32.into(), b"member removed");
+                }
+            }
+            keep
+        });
+        for id in current.keys() {
+            if links.contains_key(id) {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(QUEUE_PER_PEER);
+            let link = Arc::new(Link {
+                peer: *id,
+                queue,
+                conn: watch::channel(None).0,
+                removed: AtomicBool::new(false),
+            });
+            links.insert(*id, link.clone());
+            inner.runtime.spawn(send_loop(link.clone(), rx));
+            if inner.local_id < *id {
+                inner.runtime.spawn(dial_loop(inner.clone(), link));
+            }
+        }
+        *inner.members.write().expect("members lock") = current;
+    }
+}
+
+impl Inner {
+    fn is_member(&self, id: u64) -> bool {
+        self.members.read().expect("members lock").contains_key(&id)
+    }
+
+    fn link(&self, id: u64) -> Option<Arc<Link>> {
+        self.links.lock().expect("links lock").get(&id).cloned()
+    }
+
+    /// Receives Raft messages on every stream the peer opens on `conn`.
+    fn serve_connection(self: &Arc<Self>, conn: quinn::Connection, peer: u64) {
+        let inner = self.clone();
+        tokio::spawn(async move {
+            while let Ok(mut stream) = conn.accept_uni().await {
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        match framing::read_message(&mut stream, &mut buf).await {
+                            Ok(msg) => {
+                                if msg.from != peer || msg.to != inner.local_id {
+                                    tracing::warn!(
+                                        peer = %format!("{peer:x}"),
+                                        from = %format!("{:x}", msg.from),
+                                        to = %format!("{:x}", msg.to),
+                                        "dropping raft message with foreign addresses"
+                                    );
+                                    continue;
+                                }
+                                if let Some(node) = inner.node.get() {
+                                    node.step(msg);
+                                }
+                            }
+                            Err(framing::FrameError::Closed) => return,
+                            Err(e) => {
+                                tracing::debug!(peer = %format!("{peer:x}"), error = %e, "peer stream ended");
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+    }
+}
+
+fn hex(id: u64) -> String {
+    format!("{id:x}")
+}
+
+async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            let conn = match incoming.await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(%remote, error = %e, "peer connection failed");
+                    return;
+                }
+            };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                return;
+            };
+            let hello = match Hello::receive(&mut recv).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(%remote, error = %e, "rejected peer connection");
+                    conn.close(1u32.into(), b"bad handshake");
+                    return;
+                }
+            };
+            let verdict = judge(
+                &hello,
+                inner.cluster_id,
+                inner.local_id,
+                inner.is_member(hello.from),
+            );
+            match verdict {
+                Verdict::Accepted => {}
+                Verdict::ClusterIdMismatch { .. } => tracing::warn!(
+                    local_member_id = %hex(inner.local_id),
+                    local_member_cluster_id = %hex(inner.cluster_id),
+                    remote_peer_member_id = %hex(hello.from),
+                    remote_peer_cluster_id = %hex(hello.cluster_id),
+                    %remote,
+                    "request cluster ID mismatch"
+                ),
+                Verdict::RemovedMember => tracing::warn!(
+                    remote_peer_member_id = %hex(hello.from),
+                    %remote,
+                    "rejected peer connection from removed member"
+                ),
+                Verdict::WrongMember { .. } => tracing::warn!(
+                    intended_member_id = %hex(hello.to),
+                    %remote,
+                    "rejected peer connection meant for another member"
+                ),
+            }
+            if verdict.send(&mut send).await.is_err() || verdict != Verdict::Accepted {
+                // Give the verdict a moment to reach the caller before closing.
+                let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+                conn.close(1u32.into(), b"refused");
+                return;
+            }
+            let Some(link) = inner.link(hello.from) else {
+                return;
+            };
+            tracing::info!(peer = %hex(hello.from), %remote, "peer connected");
+            link.conn.send_replace(Some(conn.clone()));
+            inner.serve_connection(conn.clone(), hello.from);
+            conn.closed().await;
+            link.conn.send_if_modified(|c| {
+                let same = c
+                    .as_ref()
+                    .is_some_and(|c| c.stable_id() == conn.stable_id());
+                if same {
+                    *c = None;
+                }
+                same
+            });
+        });
+    }
+}
+
+/// Keeps a connection to a peer with a higher ID, redialling with backoff.
+async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut last_refusal = None;
+    while !link.removed.load(Ordering::Acquire) {
+        match dial_once(&inner, link.peer).await {
+            Ok(conn) => {
+                backoff = BACKOFF_MIN;
+                last_refusal = None;
+                tracing::info!(peer = %hex(link.peer), remote = %conn.remote_address(), "peer connected");
+                link.conn.send_replace(Some(conn.clone()));
+                inner.serve_connection(conn.clone(), link.peer);
+                conn.closed().await;
+                link.conn.send_replace(None);
+                tracing::info!(peer = %hex(link.peer), "peer connection lost");
+            }
+            Err(DialError::Refused(v)) => {
+                // Log a refusal once, not on every retry.
+                if last_refusal != Some(v) {
+                    match v {
+                        Verdict::ClusterIdMismatch { ours } => tracing::warn!(
+                            local_member_id = %hex(inner.local_id),
+                            local_member_cluster_id = %hex(inner.cluster_id),
+                            remote_peer_member_id = %hex(link.peer),
+                            remote_peer_cluster_id = %hex(ours),
+                            "request sent was ignored by remote peer due to cluster ID mismatch"
+                        ),
+                        Verdict::RemovedMember => tracing::error!(
+                            "the member has been permanently removed from the cluster"
+                        ),
+                        other => {
+                            tracing::warn!(peer = %hex(link.peer), verdict = ?other, "peer refused the connection")
+                        }
+                    }
+                    last_refusal = Some(v);
+                }
+                backoff = BACKOFF_MAX;
+            }
+            Err(DialError::Unreachable(e)) => {
+                tracing::debug!(peer = %hex(link.peer), error = %e, "cannot reach peer");
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum DialError {
+    Unreachable(String),
+    Refused(Verdict),
+}
+
+async fn dial_once(inner: &Arc<Inner>, peer: u64) -> Result<quinn::Connection, DialError> {
+    let urls = inner
+        .members
+        .read()
+        .expect("members lock")
+        .get(&peer)
+        .cloned()
+        .unwrap_or_default();
+    let endpoint = inner
+        .endpoints
+        .first()
+        .ok_or_else(|| DialError::Unreachable("no peer listener".into()))?;
+    let mut last = String::from("no peer URLs");
+    for url in urls {
+        let Some(hostport) = url.split("://").nth(1) else {
+            continue;
+        };
+        let addr = match tokio::net::lookup_host(hostport)
+            .await
+            .map(|mut a| a.next())
+        {
+            Ok(Some(a)) => a,
+            Ok(None) => {
+                last = format!("{url}: no address");
+                continue;
+            }
+            Err(e) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+        };
+        let connecting = endpoint
+            .connect_with(inner.client_config.clone(), addr, quic_config::SERVER_NAME)
+            .map_err(|e| DialError::Unreachable(e.to_string()))?;
+        let conn = match tokio::time::timeout(Duration::from_secs(2), connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                last = format!("{url}: {e}");
+                continue;
+            }
+            Err(_) => {
+                last = format!("{url}: connect timed out");
+                continue;
+            }
+        };
+        let hello = Hello {
+            cluster_id: inner.cluster_id,
+            from: inner.local_id,
+            to: peer,
+        };
+        let exchange = async {
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            hello.send(&mut send).await.map_err(|e| e.to_string())?;
+            Verdict::receive(&mut recv).await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(Duration::from_secs(2), exchange).await {
+            Ok(Ok(Verdict::Accepted)) => return Ok(conn),
+            Ok(Ok(v)) => {
+                conn.close(0u32.into(), b"refused");
+                return Err(DialError::Refused(v));
+            }
+            Ok(Err(e)) => last = format!("{url}: {e}"),
+            Err(_) => last = format!("{url}: handshake timed out"),
+        }
+        conn.close(0u32.into(), b"handshake failed");
+    }
+    Err(DialError::Unreachable(last))
+}
+
+/// Writes queued messages to the peer whenever a connection is up.
+async fn send_loop(link: Arc<Link>, mut queue: mpsc::Receiver<Message>) {
+    let mut conns = link.conn.subscribe();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    loop {
+        let conn = match conns.wait_for(|c| c.is_some()).await {
+            Ok(c) => c.clone().expect("waited for a connection"),
+            Err(_) => return,
+        };
+        let Ok(mut stream) = conn.open_uni().await else {
+            // Connection already gone; wait for the next one.
+            let _ = conns
+                .wait_for(|c| c.as_ref().is_none_or(|n| n.stable_id() != conn.stable_id()))
+                .await;
+            continue;
+        };
+        loop {
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            buf.clear();
+            framing::encode_into(&first, &mut buf);
+            while buf.len() < BATCH_BYTES {
+                match queue.try_recv() {
+                    Ok(m) => framing::encode_into(&m, &mut buf),
+                    Err(_) => break,
+                }
+            }
+            if stream.write_all(&buf).await.is_err() {
+                break;
+            }
+        }
+        if link.removed.load(Ordering::Acquire) {
+            return;
+        }
+    }
+}
