@@ -121,6 +121,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             }
             _ = &mut shutdown => {
                 tracing::info!("received signal; shutting down");
+                hand_over_leadership(&node, request_timeout(&cfg)).await;
                 node.stop();
                 break None;
             }
@@ -143,6 +144,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         _ => Err(ServerError::Storage(StorageError::Corrupt(
             "raft thread panicked".into(),
         ))),
+    }
+}
+
+/// A leader that stops hands leadership to a follower first, so that the cluster does
+/// not wait out an election timeout. Failure is logged; shutdown goes on regardless.
+async fn hand_over_leadership(node: &raft_node::NodeHandle, timeout: Duration) {
+    if node.leader() != Some(node.id()) {
+        return;
+    }
+    match node.transfer_leadership(None).await {
+        Ok(target) => {
+            let me = node.id();
+            if node
+                .wait_for_leader(timeout, |l| l.is_some_and(|l| l != me))
+                .await
+            {
+                tracing::info!(transferee = %format!("{target:x}"), "leadership transfer finished");
+            } else {
+                tracing::warn!(transferee = %format!("{target:x}"), "leadership transfer failed");
+            }
+        }
+        // A single member has no one to hand over to.
+        Err(crate::error::RequestError::BadLeaderTransferee) => {}
+        Err(e) => tracing::warn!(error = %e, "leadership transfer failed"),
     }
 }
 

@@ -5,10 +5,12 @@
 //! without port clashes, and every process is killed when its handle drops, even when
 //! the test panics.
 
+pub mod cluster;
 pub mod etcdctl;
 pub mod member;
 pub mod wait;
 
+pub use cluster::Cluster;
 pub use etcdctl::{Etcdctl, Output};
 pub use member::{Binary, Member, MemberSpec};
 pub use wait::wait_until;

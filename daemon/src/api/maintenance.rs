@@ -98,9 +98,23 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented("move-leader is not supported yet"))
+        let target = req.into_inner().target_id;
+        let node = &self.ctx.node;
+        let target = node.transfer_leadership(Some(target)).await?;
+        let moved = node
+            .wait_for_leader(self.ctx.request_timeout, |l| l == Some(target))
+            .await;
+        if !moved {
+            return Err(Status::unavailable(
+                "etcdserver: request timed out, leader transfer took too long",
+            ));
+        }
+        let revision = node.status().revision.load(Ordering::Acquire) as i64;
+        Ok(Response::new(MoveLeaderResponse {
+            header: Some(self.ctx.header(revision)),
+        }))
     }
 
     async fn downgrade(

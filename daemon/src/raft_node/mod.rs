@@ -77,6 +77,11 @@ enum Command {
         reply: ReadReply,
     },
     Step(Message),
+    /// Hand leadership to `target`, or to the most up-to-date voter when `None`.
+    TransferLeader {
+        target: Option<u64>,
+        reply: oneshot::Sender<Result<u64, RequestError>>,
+    },
     Stop,
 }
 
@@ -139,6 +144,34 @@ impl NodeHandle {
             .send(Command::ReadIndex { reply })
             .map_err(|_| RequestError::Stopped)?;
         rx.await.unwrap_or(Err(RequestError::Timeout))
+    }
+
+    /// Asks the leader to hand leadership over and returns the chosen member; the
+    /// handover itself completes when that member has caught up and won its election.
+    pub async fn transfer_leadership(&self, target: Option<u64>) -> Result<u64, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::TransferLeader { target, reply })
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// Waits until `pred` holds for the known leader, or `timeout` passes.
+    pub async fn wait_for_leader(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(Option<u64>) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if pred(self.leader()) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Hands a message from a peer to Raft.
@@ -397,9 +430,41 @@ impl Node {
                     tracing::debug!(error = %e, "raft refused a peer message");
                 }
             }
+            Command::TransferLeader { target, reply } => {
+                let _ = reply.send(self.transfer_leader(target));
+            }
             Command::Stop => return false,
         }
         true
+    }
+
+    fn transfer_leader(&mut self, target: Option<u64>) -> Result<u64, RequestError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(RequestError::NotLeader);
+        }
+        let me = self.cfg.id;
+        let voters: Vec<u64> = self
+            .raw
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|id| *id != me)
+            .collect();
+        let target = match target {
+            Some(t) if voters.contains(&t) => t,
+            Some(_) => return Err(RequestError::BadLeaderTransferee),
+            // The follower that has the most of the log takes over soonest.
+            None => *voters
+                .iter()
+                .max_by_key(|id| self.raw.raft.prs().get(**id).map_or(0, |p| p.matched))
+                .ok_or(RequestError::BadLeaderTransferee)?,
+        };
+        tracing::info!(transferee = %format!("{target:x}"), "leadership transfer starting");
+        self.raw.transfer_leader(target);
+        Ok(target)
     }
 
     fn on_ready(&mut self) -> Result<(), StorageError> {

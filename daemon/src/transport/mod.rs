@@ -31,6 +31,10 @@ const QUEUE_PER_PEER: usize = 4096;
 const BATCH_BYTES: usize = 1 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long the member with the higher ID waits for the other to call before calling
+/// itself. Normally the lower ID calls at once; this covers a peer that cannot reach us,
+/// and peers that disagree about IDs (another cluster), which must still be told so.
+const FALLBACK_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -163,9 +167,8 @@ impl PeerOutbox for PeerTransport {
             });
             links.insert(*id, link.clone());
             inner.runtime.spawn(send_loop(link.clone(), rx));
-            if inner.local_id < *id {
-                inner.runtime.spawn(dial_loop(inner.clone(), link));
-            }
+            let eager = inner.local_id < *id;
+            inner.runtime.spawn(dial_loop(inner.clone(), link, eager));
         }
         *inner.members.write().expect("members lock") = current;
     }
@@ -297,11 +300,25 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     }
 }
 
-/// Keeps a connection to a peer with a higher ID, redialling with backoff.
-async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>) {
+/// Keeps a connection to a peer, redialling with backoff. `eager` (we have the lower
+/// ID) dials at once; otherwise only when the peer has not called within the grace time.
+async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
     let mut backoff = BACKOFF_MIN;
     let mut last_refusal = None;
+    let mut conns = link.conn.subscribe();
     while !link.removed.load(Ordering::Acquire) {
+        if !eager {
+            let called = tokio::time::timeout(FALLBACK_GRACE, conns.wait_for(|c| c.is_some()))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            if called {
+                // The peer called us; wait until that connection ends.
+                if conns.wait_for(|c| c.is_none()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         match dial_once(&inner, link.peer).await {
             Ok(conn) => {
                 backoff = BACKOFF_MIN;

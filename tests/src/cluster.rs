@@ -1,0 +1,105 @@
+//! Several members started as one cluster with `--initial-cluster`.
+
+use std::time::Duration;
+
+use crate::etcdctl::Etcdctl;
+use crate::member::{Binary, Member, MemberSpec};
+use crate::wait::wait_until;
+
+pub struct Cluster {
+    pub members: Vec<Member>,
+}
+
+impl Cluster {
+    /// Specs for `n` members named `<prefix>0..`, each on its own loopback address.
+    pub fn specs(prefix: &str, n: usize, token: &str) -> Vec<MemberSpec> {
+        let mut specs: Vec<MemberSpec> = (0..n)
+            .map(|i| {
+                let mut s = MemberSpec::new(&format!("{prefix}{i}"));
+                s.token = Some(token.to_string());
+                s
+            })
+            .collect();
+        let cluster = specs
+            .iter()
+            .map(|s| format!("{}={}", s.name, s.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        for s in &mut specs {
+            s.initial_cluster = Some(cluster.clone());
+        }
+        specs
+    }
+
+    /// Starts the members together and waits until every one is healthy.
+    pub fn start(binary: Binary, specs: Vec<MemberSpec>) -> Cluster {
+        let members: Vec<Member> = specs
+            .into_iter()
+            .map(|s| Member::spawn(binary, s))
+            .collect();
+        for m in &members {
+            m.wait_healthy();
+        }
+        Cluster { members }
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.client_url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// etcdctl against every member's endpoint.
+    pub fn etcdctl(&self) -> Etcdctl {
+        Etcdctl::new(&self.endpoints())
+    }
+
+    /// Index of the member the given running members agree leads, once they agree.
+    pub fn wait_for_leader(&self, among: &[usize]) -> usize {
+        wait_until(
+            "the members to agree on a leader",
+            Duration::from_secs(30),
+            || {
+                let mut leaders = among.iter().map(|&i| {
+                    let out = self.members[i]
+                        .etcdctl()
+                        .run(&["endpoint", "status", "-w", "json"]);
+                    if !out.success {
+                        return None;
+                    }
+                    let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+                    v[0]["Status"]["leader"].as_u64().filter(|l| *l != 0)
+                });
+                let first = leaders.next()??;
+                if leaders.all(|l| l == Some(first)) {
+                    self.index_of(first)
+                } else {
+                    None
+                }
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Index of the member with this ID.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.members.iter().position(|m| {
+            m.etcdctl()
+                .run(&["endpoint", "status", "-w", "json"])
+                .stdout
+                .contains(&format!("\"member_id\":{id},"))
+        })
+    }
+
+    pub fn member_id(&self, i: usize) -> u64 {
+        let v = self.members[i]
+            .etcdctl()
+            .run(&["endpoint", "status", "-w", "json"])
+            .json();
+        v[0]["Status"]["header"]["member_id"]
+            .as_u64()
+            .expect("member id")
+    }
+}
