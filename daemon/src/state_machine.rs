@@ -41,6 +41,33 @@ pub struct ConfChangeEntry {
     pub change: ConfChangeV2,
 }
 
+/// How many log entries a request ID is remembered for. Retries happen within a
+/// request timeout, which is far fewer entries than this at any realistic rate.
+const REMEMBER_REQUESTS_FOR: u64 = 100_000;
+
+/// Whether this is the first time the request's ID is applied; records it if so.
+/// Forgetting old IDs is keyed to the log index, so every member forgets alike.
+fn first_application(
+    conn: &Connection,
+    req: &RaftRequest,
+    index: u64,
+) -> Result<bool, StorageError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO applied_requests (origin, id, idx) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(rusqlite::params![
+            req.origin as i64,
+            req.id as i64,
+            index as i64
+        ])?;
+    if index.is_multiple_of(1024) && index > REMEMBER_REQUESTS_FOR {
+        conn.prepare_cached("DELETE FROM applied_requests WHERE idx < ?1")?
+            .execute(rusqlite::params![(index - REMEMBER_REQUESTS_FOR) as i64])?;
+    }
+    Ok(inserted == 1)
+}
+
 pub struct StateMachine {
     member_id: u64,
     revisions: Revisions,
@@ -87,9 +114,11 @@ impl StateMachine {
                 let req = RaftRequest::decode(entry.data.as_ref()).map_err(|e| {
                     StorageError::Corrupt(format!("log entry {}: {e}", entry.index))
                 })?;
-                let result = self.apply_request(conn, req.request)?;
-                if req.origin == self.member_id {
-                    completions.push(Completion { id: req.id, result });
+                if first_application(conn, &req, entry.index)? {
+                    let result = self.apply_request(conn, req.request)?;
+                    if req.origin == self.member_id {
+                        completions.push(Completion { id: req.id, result });
+                    }
                 }
                 None
             }
@@ -228,5 +257,43 @@ impl StateMachine {
     fn finish_write(&mut self, w: &WriteTxn<'_>) -> Result<(), RequestError> {
         self.revisions.current = w.revision();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::PutRequest;
+
+    fn entry(index: u64, id: u64, key: &str) -> Entry {
+        let req = RaftRequest {
+            id,
+            origin: 7,
+            request: Some(Request::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })),
+        };
+        Entry {
+            index,
+            term: 1,
+            data: req.encode_to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_request_proposed_twice_applies_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
+        let mut sm = StateMachine::load(&conn, 7).unwrap();
+        let mut done = Vec::new();
+        sm.apply(&conn, &entry(1, 100, "a"), &mut done).unwrap();
+        sm.apply(&conn, &entry(2, 100, "a"), &mut done).unwrap();
+        sm.apply(&conn, &entry(3, 101, "b"), &mut done).unwrap();
+        assert_eq!(sm.revisions().current, 3, "two puts, not three");
+        assert_eq!(done.iter().map(|c| c.id).collect::<Vec<_>>(), [100, 101]);
+        assert_eq!(sm.applied_index(), 3);
     }
 }

@@ -235,7 +235,6 @@ fn clusters_with_different_tokens_never_merge() {
 }
 
 #[test]
-#[ignore = "proposals forwarded to a leader during its handover are dropped; being fixed"]
 fn move_leader_and_sigterm_hand_leadership_over() {
     let mut c = Cluster::start(Binary::Qetcd, Cluster::specs("mv", 3, "move-leader"));
     let leader = c.wait_for_leader(&[0, 1, 2]);

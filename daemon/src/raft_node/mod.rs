@@ -300,6 +300,8 @@ struct Node {
     completions: Vec<Completion>,
     /// A conf change was applied in the current batch: peers to re-read after commit.
     membership_changed: bool,
+    /// Set when a new leader appears; pending proposals go to it after this Ready.
+    repropose_after_leader_change: bool,
     _checkpointer: Option<crate::storage::Checkpointer>,
 }
 
@@ -364,6 +366,7 @@ impl Node {
             reads: Reads::default(),
             completions: Vec::new(),
             membership_changed: false,
+            repropose_after_leader_change: false,
             _checkpointer: checkpointer,
         })
     }
@@ -401,6 +404,7 @@ impl Node {
                 next_tick = now + self.cfg.tick_interval;
                 self.proposals.expire(now);
                 self.reads.expire(now);
+                self.repropose(now, false);
             }
             self.on_ready()?;
         }
@@ -418,10 +422,12 @@ impl Node {
                     request: Some(request),
                 }
                 .encode_to_vec();
-                self.proposals.insert(id, reply, deadline);
-                if self.raw.propose(Vec::new(), data).is_err() {
-                    // raft-rs drops proposals when there is no leader to take them.
-                    self.proposals.fail(id, RequestError::NoLeader);
+                // Raft refuses proposals while there is no leader (or while the leader
+                // hands over); such a proposal waits and is proposed again.
+                let accepted = self.raw.propose(Vec::new(), data.clone()).is_ok();
+                self.proposals.insert(id, reply, deadline, data);
+                if accepted {
+                    self.proposals.proposed(id, Instant::now());
                 }
             }
             Command::ReadIndex { reply } => self.reads.queue(reply, deadline),
@@ -436,6 +442,26 @@ impl Node {
             Command::Stop => return false,
         }
         true
+    }
+
+    /// Hands waiting proposals to Raft again (see `Proposals`). Only when a leader is
+    /// known: without one Raft would refuse them anyway.
+    fn repropose(&mut self, now: Instant, leader_changed: bool) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let stale_after = self.cfg.tick_interval * (2 * self.cfg.election_ticks as u32);
+        for id in self
+            .proposals
+            .to_repropose(now, leader_changed, stale_after)
+        {
+            let Some(data) = self.proposals.data(id).map(<[u8]>::to_vec) else {
+                continue;
+            };
+            if self.raw.propose(Vec::new(), data).is_ok() {
+                self.proposals.proposed(id, now);
+            }
+        }
     }
 
     fn transfer_leader(&mut self, target: Option<u64>) -> Result<u64, RequestError> {
@@ -522,6 +548,9 @@ impl Node {
         }
         self.raw.advance_apply();
         self.publish_status();
+        if std::mem::take(&mut self.repropose_after_leader_change) {
+            self.repropose(Instant::now(), true);
+        }
         Ok(())
     }
 
@@ -590,6 +619,9 @@ impl Node {
             tracing::info!(leader = %format!("{leader:x}"), role = ?role, term = self.raw.raft.term, "raft leader changed");
             // Reads not yet confirmed were asked of a leadership that is gone.
             self.reads.fail_unconfirmed(|| RequestError::LeaderChanged);
+            // Proposals the old leader had not committed may be lost: propose them again
+            // (the state machine applies each request ID once).
+            self.repropose_after_leader_change = leader != raft::INVALID_ID;
         }
     }
 

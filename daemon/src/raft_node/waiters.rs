@@ -16,34 +16,79 @@ use crate::state_machine::ApplyResult;
 pub type ProposalReply = oneshot::Sender<ApplyResult>;
 pub type ReadReply = oneshot::Sender<Result<(), RequestError>>;
 
+/// A proposal whose caller is waiting for it to be applied.
+struct Pending {
+    reply: ProposalReply,
+    deadline: Instant,
+    /// The encoded log entry, kept to propose again.
+    data: Vec<u8>,
+    /// When it was last handed to Raft; `None` if Raft refused it (no leader).
+    proposed_at: Option<Instant>,
+}
+
+/// Proposals in flight. Raft may lose a proposal without telling anyone: one forwarded
+/// to a leader that is handing over leadership, or to a leader that then dies. Since
+/// the state machine applies a request ID only once, proposals that have not come back
+/// are simply proposed again — after a leader change, or when they have waited long —
+/// until their deadline.
 #[derive(Default)]
 pub struct Proposals {
-    waiting: HashMap<u64, (ProposalReply, Instant)>,
+    waiting: HashMap<u64, Pending>,
 }
 
 impl Proposals {
-    pub fn insert(&mut self, id: u64, reply: ProposalReply, deadline: Instant) {
-        self.waiting.insert(id, (reply, deadline));
+    pub fn insert(&mut self, id: u64, reply: ProposalReply, deadline: Instant, data: Vec<u8>) {
+        self.waiting.insert(
+            id,
+            Pending {
+                reply,
+                deadline,
+                data,
+                proposed_at: None,
+            },
+        );
     }
 
-    pub fn complete(&mut self, id: u64, result: ApplyResult) {
-        if let Some((reply, _)) = self.waiting.remove(&id) {
-            // The caller may have given up already; nothing to do then.
-            let _ = reply.send(result);
+    /// Records that Raft accepted the proposal (it may still lose it later).
+    pub fn proposed(&mut self, id: u64, now: Instant) {
+        if let Some(p) = self.waiting.get_mut(&id) {
+            p.proposed_at = Some(now);
         }
     }
 
-    pub fn fail(&mut self, id: u64, err: RequestError) {
-        self.complete(id, Err(err));
+    pub fn data(&self, id: u64) -> Option<&[u8]> {
+        self.waiting.get(&id).map(|p| p.data.as_slice())
+    }
+
+    pub fn complete(&mut self, id: u64, result: ApplyResult) {
+        if let Some(p) = self.waiting.remove(&id) {
+            // The caller may have given up already; nothing to do then.
+            let _ = p.reply.send(result);
+        }
+    }
+
+    /// Proposals to hand to Raft again: all of them after a leader change, otherwise
+    /// those Raft refused and those outstanding for longer than `stale_after`.
+    pub fn to_repropose(
+        &self,
+        now: Instant,
+        leader_changed: bool,
+        stale_after: std::time::Duration,
+    ) -> Vec<u64> {
+        self.waiting
+            .iter()
+            .filter(|(_, p)| {
+                leader_changed
+                    || p.proposed_at
+                        .is_none_or(|at| now.saturating_duration_since(at) >= stale_after)
+            })
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     pub fn expire(&mut self, now: Instant) {
-        self.waiting.retain(|_, (reply, deadline)| {
-            if *deadline > now && !reply.is_closed() {
-                return true;
-            }
-            false
-        });
+        self.waiting
+            .retain(|_, p| p.deadline > now && !p.reply.is_closed());
     }
 }
 

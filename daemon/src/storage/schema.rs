@@ -53,6 +53,15 @@ pub fn create(conn: &Connection) -> Result<(), super::StorageError> {
             id  INTEGER PRIMARY KEY,
             ttl INTEGER NOT NULL
         );
+        -- Request IDs applied recently, so that a request proposed twice (a retry after
+        -- its first proposal may have been lost) takes effect once.
+        CREATE TABLE IF NOT EXISTS applied_requests (
+            origin INTEGER NOT NULL,
+            id     INTEGER NOT NULL,
+            idx    INTEGER NOT NULL,
+            PRIMARY KEY (origin, id)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS applied_requests_by_index ON applied_requests (idx);
         -- Cluster membership as applied from the log.
         CREATE TABLE IF NOT EXISTS members (
             id          INTEGER PRIMARY KEY,
