@@ -287,9 +287,8 @@ impl Config {
             .map_err(|e| v.invalid("initial-cluster", e))?;
         // As etcd: a non-default name with the untouched default cluster forms a
         // one-member cluster of this member's advertised peer URLs.
-        let default_from_apurls =
-            InitialCluster::from_name("default", &initial_advertise_peer_urls);
-        if name != "default" && initial_cluster == default_from_apurls {
+        let default_cluster = lookup("initial-cluster").map_or("", |f| f.default);
+        if name != "default" && initial_cluster_text == default_cluster {
             initial_cluster = InitialCluster::from_name(&name, &initial_advertise_peer_urls);
         }
         let discovery_set = [

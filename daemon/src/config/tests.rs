@@ -73,6 +73,28 @@ fn a_name_alone_forms_a_one_member_cluster() {
 }
 
 #[test]
+fn a_name_with_advertised_urls_forms_a_cluster_of_those_urls() {
+    // etcd 3.4: `--name b1 --initial-advertise-peer-urls X` without --initial-cluster
+    // bootstraps b1=X; with the default name the untouched default cluster mismatches.
+    let c = start(&[
+        "--name",
+        "b1",
+        "--initial-advertise-peer-urls",
+        "http://127.0.6.9:2380",
+    ])
+    .unwrap();
+    assert_eq!(c.initial_cluster.to_string(), "b1=http://127.0.6.9:2380");
+    let (msg, _) = err(start(&[
+        "--initial-advertise-peer-urls",
+        "http://127.0.6.9:2380",
+    ]));
+    assert!(
+        msg.starts_with("--initial-cluster has default=http://localhost:2380 but missing"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn go_flag_syntax() {
     let c = parse(&[
         "-name",
