@@ -65,7 +65,6 @@ impl Maintenance for MaintenanceService {
             errors: Vec::new(),
             db_size_in_use,
             is_learner: false,
-            ..Default::default()
         }))
     }
 
