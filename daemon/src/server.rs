@@ -69,6 +69,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         boot.member_id,
         boot.cluster_id,
         cfg.election_timeout,
+        crate::storage::snapshot::snapshot_dir(&boot.db_path),
     )?;
     for addr in &peer_addrs {
         tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");

@@ -300,3 +300,60 @@ fn decode_b64(s: &str) -> Vec<u8> {
     }
     out
 }
+
+#[test]
+fn a_member_behind_the_compacted_log_catches_up_from_a_snapshot() {
+    let mut specs = Cluster::specs("snap", 3, "snapshot-catch-up");
+    for s in &mut specs {
+        // Compact the log every 50 entries, keeping 10: a short absence outruns it.
+        s.extra_args.extend(
+            ["--snapshot-count", "50", "--snapshot-catchup-entries", "10"].map(String::from),
+        );
+    }
+    let mut c = Cluster::start(Binary::Qetcd, specs);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    let absent = (leader + 1) % 3;
+    let present = 3 - leader - absent;
+    c.members[absent].kill9();
+    let ctl = c.members[leader].etcdctl();
+    for i in 0..200 {
+        ctl.run(&["put", &format!("snap/{i:03}"), &format!("v{i}")])
+            .ok();
+    }
+    c.members[absent].restart();
+    wait_until(
+        "the absent member to install a snapshot",
+        Duration::from_secs(30),
+        || {
+            c.members[absent]
+                .logs()
+                .contains("installed snapshot from leader")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", c.members[absent].logs()));
+    assert!(
+        c.members[leader].logs().contains("sent snapshot"),
+        "{}",
+        c.members[leader].logs()
+    );
+    // Everything written while it was away is there, served locally.
+    let out = c.members[absent]
+        .etcdctl()
+        .run(&["get", "snap/", "--prefix", "--consistency=s", "-w", "json"])
+        .json();
+    assert_eq!(out["count"], 200, "{out}");
+    // And it follows new writes normally afterwards.
+    c.members[present]
+        .etcdctl()
+        .run(&["put", "after", "snapshot"])
+        .ok();
+    assert_eq!(
+        c.members[absent]
+            .etcdctl()
+            .run(&["get", "after", "--print-value-only"])
+            .ok()
+            .trim(),
+        "snapshot"
+    );
+}

@@ -77,6 +77,11 @@ enum Command {
         reply: ReadReply,
     },
     Step(Message),
+    /// The transport finished (or failed) streaming a snapshot to `to`.
+    ReportSnapshot {
+        to: u64,
+        ok: bool,
+    },
     /// Hand leadership to `target`, or to the most up-to-date voter when `None`.
     TransferLeader {
         target: Option<u64>,
@@ -172,6 +177,11 @@ impl NodeHandle {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Tells Raft how sending a snapshot to `to` ended.
+    pub fn report_snapshot(&self, to: u64, ok: bool) {
+        let _ = self.commands.send(Command::ReportSnapshot { to, ok });
     }
 
     /// Hands a message from a peer to Raft.
@@ -436,6 +446,14 @@ impl Node {
                     tracing::debug!(error = %e, "raft refused a peer message");
                 }
             }
+            Command::ReportSnapshot { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(to, status);
+            }
             Command::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
             }
@@ -501,14 +519,11 @@ impl Node {
         // The leader may send before persisting (Raft thesis §10.2.1).
         self.outbox.send(rd.take_messages());
 
+        if !rd.snapshot().is_empty() {
+            self.install_snapshot(rd.snapshot())?;
+        }
         let log = self.log.clone();
         let mut batch = log.batch(Durability::Sync)?;
-        if !rd.snapshot().is_empty() {
-            // Installing a snapshot from a peer comes with the peer transport.
-            return Err(StorageError::Corrupt(
-                "received a raft snapshot but snapshot installation is not available".into(),
-            ));
-        }
         batch.append(rd.entries())?;
         if let Some(hs) = rd.hs() {
             batch.set_hard_state(hs)?;
@@ -551,6 +566,45 @@ impl Node {
         if std::mem::take(&mut self.repropose_after_leader_change) {
             self.repropose(Instant::now(), true);
         }
+        Ok(())
+    }
+
+    /// Replaces the whole replicated state by a snapshot a peer sent (its data is the
+    /// path of the received file), in one transaction with the log reset to it.
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        let path = String::from_utf8(snap.data.to_vec())
+            .map_err(|_| StorageError::Corrupt("snapshot path is not UTF-8".into()))?;
+        let log = self.log.clone();
+        log.conn()
+            .execute("ATTACH DATABASE ?1 AS snap", rusqlite::params![path])?;
+        let result = (|| {
+            let applied = crate::storage::snapshot::attached_applied_index(log.conn())?;
+            if applied != meta.index {
+                return Err(StorageError::Corrupt(format!(
+                    "snapshot file {path} holds index {applied}, the message says {}",
+                    meta.index
+                )));
+            }
+            let mut batch = log.batch(Durability::Sync)?;
+            crate::storage::snapshot::install_attached(batch.conn())?;
+            batch.reset_to_snapshot(meta.index, meta.term, meta.get_conf_state())?;
+            let machine = StateMachine::load(batch.conn(), self.cfg.id)?;
+            batch.commit()?;
+            self.machine = machine;
+            Ok(())
+        })();
+        log.conn().execute("DETACH DATABASE snap", [])?;
+        let _ = std::fs::remove_file(&path);
+        result?;
+        tracing::info!(
+            index = meta.index,
+            term = meta.term,
+            "installed snapshot from leader"
+        );
+        self.compacted_at = meta.index;
+        self.membership_changed = true;
+        self.after_apply();
         Ok(())
     }
 

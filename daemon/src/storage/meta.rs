@@ -27,7 +27,7 @@ pub enum Meta {
 }
 
 impl Meta {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Meta::HardState => "raft.hard_state",
             Meta::ConfState => "raft.conf_state",

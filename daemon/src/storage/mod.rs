@@ -12,6 +12,7 @@ mod meta;
 mod raft_log;
 mod readers;
 mod schema;
+pub mod snapshot;
 
 #[cfg(test)]
 mod conformance;

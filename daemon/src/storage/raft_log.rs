@@ -379,8 +379,8 @@ impl Storage for RaftLog {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The snapshot *is* the state database as applied so far. Its metadata names the
-        // applied index; the transport streams the database itself alongside it.
+        // The snapshot *is* the state database as applied so far: a copy of it goes into
+        // a file, whose path travels in the snapshot's data for the transport to stream.
         let applied = Meta::AppliedIndex
             .get_u64(&self.conn)
             .map_err(storage_err)?
@@ -390,7 +390,15 @@ impl Storage for RaftLog {
                 RaftStorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut snap = Snapshot::default();
+        let dir = super::snapshot::snapshot_dir(std::path::Path::new(
+            self.conn.path().unwrap_or_default(),
+        ));
+        let path =
+            super::snapshot::write_snapshot_file(&self.conn, &dir, applied).map_err(storage_err)?;
+        let mut snap = Snapshot {
+            data: path.to_string_lossy().into_owned().into_bytes().into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = applied;
         meta.term = self.term(applied)?;

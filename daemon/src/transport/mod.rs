@@ -10,6 +10,7 @@
 mod framing;
 pub mod handshake;
 pub mod quic_config;
+mod snapshot_stream;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use raft::prelude::Message;
+use raft::prelude::{Message, MessageType};
 use tokio::sync::{mpsc, watch};
 
 use crate::membership::Member;
@@ -63,7 +64,13 @@ struct Inner {
     members: RwLock<HashMap<u64, Vec<String>>>,
     links: Mutex<HashMap<u64, Arc<Link>>>,
     runtime: tokio::runtime::Handle,
+    /// Where incoming snapshots are written before the node installs them.
+    snapshot_dir: std::path::PathBuf,
 }
+
+/// The first byte of every unidirectional stream: what it carries.
+const STREAM_MESSAGES: u8 = 1;
+const STREAM_SNAPSHOT: u8 = 2;
 
 /// Everything about the connection to one peer.
 struct Link {
@@ -80,6 +87,7 @@ impl PeerTransport {
         local_id: u64,
         cluster_id: u64,
         election_timeout: Duration,
+        snapshot_dir: std::path::PathBuf,
     ) -> Result<Self, TransportError> {
         let server = quic_config::insecure_server(election_timeout)?;
         let client_config = quic_config::insecure_client(election_timeout)?;
@@ -102,6 +110,7 @@ impl PeerTransport {
             members: RwLock::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
+            snapshot_dir,
         });
         for ep in &inner.endpoints {
             tokio::spawn(accept_loop(inner.clone(), ep.clone()));
@@ -129,10 +138,20 @@ impl PeerOutbox for PeerTransport {
         }
         let links = self.inner.links.lock().expect("links lock");
         for msg in messages {
-            if let Some(link) = links.get(&msg.to) {
-                // Full queue: the peer is not keeping up or not there; Raft resends.
-                let _ = link.queue.try_send(msg);
+            let Some(link) = links.get(&msg.to) else {
+                continue;
+            };
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                // Snapshots stream on their own, so the message stream is never held up.
+                self.inner.runtime.spawn(snapshot_stream::send(
+                    self.inner.clone(),
+                    link.clone(),
+                    msg,
+                ));
+                continue;
             }
+            // Full queue: the peer is not keeping up or not there; Raft resends.
+            let _ = link.queue.try_send(msg);
         }
     }
 
@@ -190,6 +209,18 @@ impl Inner {
             while let Ok(mut stream) = conn.accept_uni().await {
                 let inner = inner.clone();
                 tokio::spawn(async move {
+                    let mut kind = [0u8; 1];
+                    if stream.read_exact(&mut kind).await.is_err() {
+                        return;
+                    }
+                    if kind[0] == STREAM_SNAPSHOT {
+                        snapshot_stream::receive(inner, peer, stream).await;
+                        return;
+                    }
+                    if kind[0] != STREAM_MESSAGES {
+                        tracing::warn!(peer = %format!("{peer:x}"), kind = kind[0], "unknown peer stream");
+                        return;
+                    }
                     let mut buf = Vec::new();
                     loop {
                         match framing::read_message(&mut stream, &mut buf).await {
@@ -444,7 +475,11 @@ async fn send_loop(link: Arc<Link>, mut queue: mpsc::Receiver<Message>) {
             Ok(c) => c.clone().expect("waited for a connection"),
             Err(_) => return,
         };
-        let Ok(mut stream) = conn.open_uni().await else {
+        let opened = match conn.open_uni().await {
+            Ok(mut s) => s.write_all(&[STREAM_MESSAGES]).await.map(|_| s).ok(),
+            Err(_) => None,
+        };
+        let Some(mut stream) = opened else {
             // Connection already gone; wait for the next one.
             let _ = conns
                 .wait_for(|c| c.as_ref().is_none_or(|n| n.stable_id() != conn.stable_id()))
