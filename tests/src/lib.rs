@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod etcdctl;
 pub mod member;
+pub mod netns;
 pub mod wait;
 
 pub use cluster::Cluster;
