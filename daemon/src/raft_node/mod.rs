@@ -406,7 +406,7 @@ impl Node {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             if let Some(ctx) = self.reads.start_batch() {
-                self.raw.read_index(ctx.to_be_bytes().to_vec());
+                self.raw.read_index(self.read_context(ctx));
             }
             let now = Instant::now();
             if now >= next_tick {
@@ -415,6 +415,11 @@ impl Node {
                 self.proposals.expire(now);
                 self.reads.expire(now);
                 self.repropose(now, false);
+                // A read index lost on the way is asked again after an election timeout.
+                let after = self.cfg.tick_interval * self.cfg.election_ticks as u32;
+                for ctx in self.reads.unanswered(now, after) {
+                    self.raw.read_index(self.read_context(ctx));
+                }
             }
             self.on_ready()?;
         }
@@ -460,6 +465,24 @@ impl Node {
             Command::Stop => return false,
         }
         true
+    }
+
+    /// The Raft context of read batch `n`. The leader keys pending read indexes by
+    /// context across all members, so it carries this member's ID as well: two members'
+    /// batch numbers may coincide, and one would otherwise never be answered.
+    fn read_context(&self, n: u64) -> Vec<u8> {
+        let mut ctx = Vec::with_capacity(16);
+        ctx.extend_from_slice(&self.cfg.id.to_be_bytes());
+        ctx.extend_from_slice(&n.to_be_bytes());
+        ctx
+    }
+
+    fn own_read_context(&self, ctx: &[u8]) -> Option<u64> {
+        let (member, n) = ctx.split_at_checked(8)?;
+        if member != self.cfg.id.to_be_bytes() {
+            return None;
+        }
+        Some(u64::from_be_bytes(n.try_into().ok()?))
     }
 
     /// Hands waiting proposals to Raft again (see `Proposals`). Only when a leader is
@@ -534,8 +557,7 @@ impl Node {
         self.after_apply();
 
         for rs in rd.take_read_states() {
-            let ctx = rs.request_ctx.as_slice().try_into().map(u64::from_be_bytes);
-            if let Ok(ctx) = ctx {
+            if let Some(ctx) = self.own_read_context(&rs.request_ctx) {
                 self.reads.confirmed(ctx, rs.index);
             }
         }

@@ -98,8 +98,9 @@ impl Proposals {
 pub struct Reads {
     /// Not yet sent to Raft.
     queued: Vec<(ReadReply, Instant)>,
-    /// Sent to Raft under a context number, awaiting its read state.
-    in_flight: HashMap<u64, Vec<(ReadReply, Instant)>>,
+    /// Sent to Raft under a context number, awaiting its read state; with when it was
+    /// last sent.
+    in_flight: HashMap<u64, (Instant, Vec<(ReadReply, Instant)>)>,
     /// Confirmed at a log index, waiting until that index is applied. Ascending.
     confirmed: VecDeque<(u64, Vec<(ReadReply, Instant)>)>,
     next_ctx: u64,
@@ -117,13 +118,14 @@ impl Reads {
         }
         self.next_ctx += 1;
         let ctx = self.next_ctx;
-        self.in_flight.insert(ctx, std::mem::take(&mut self.queued));
+        self.in_flight
+            .insert(ctx, (Instant::now(), std::mem::take(&mut self.queued)));
         Some(ctx)
     }
 
     /// Raft confirmed context `ctx` at `index`.
     pub fn confirmed(&mut self, ctx: u64, index: u64) {
-        if let Some(batch) = self.in_flight.remove(&ctx) {
+        if let Some((_, batch)) = self.in_flight.remove(&ctx) {
             let pos = self.confirmed.partition_point(|(i, _)| *i <= index);
             self.confirmed.insert(pos, (index, batch));
         }
@@ -141,7 +143,7 @@ impl Reads {
 
     /// Fails every read not yet confirmed (e.g. leadership was lost).
     pub fn fail_unconfirmed(&mut self, err: impl Fn() -> RequestError) {
-        for (_, batch) in self.in_flight.drain() {
+        for (_, (_, batch)) in self.in_flight.drain() {
             for (reply, _) in batch {
                 let _ = reply.send(Err(err()));
             }
@@ -150,9 +152,23 @@ impl Reads {
 
     pub fn expire(&mut self, now: Instant) {
         let live = |(reply, deadline): &(ReadReply, Instant)| *deadline > now && !reply.is_closed();
-        self.in_flight.retain(|_, batch| {
+        self.in_flight.retain(|_, (_, batch)| {
             batch.retain(live);
             !batch.is_empty()
         });
+    }
+
+    /// Batches sent longer than `after` ago without an answer: Raft does not resend a
+    /// read index whose request or response was lost, so the node asks again under the
+    /// same context (a late first answer then finds nothing to release).
+    pub fn unanswered(&mut self, now: Instant, after: std::time::Duration) -> Vec<u64> {
+        let mut out = Vec::new();
+        for (ctx, (sent, _)) in self.in_flight.iter_mut() {
+            if now.saturating_duration_since(*sent) >= after {
+                *sent = now;
+                out.push(*ctx);
+            }
+        }
+        out
     }
 }

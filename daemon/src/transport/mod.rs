@@ -78,6 +78,8 @@ struct Link {
     queue: mpsc::Sender<Message>,
     conn: watch::Sender<Option<quinn::Connection>>,
     removed: AtomicBool,
+    /// Messages dropped because the queue was full (logged at powers of two).
+    dropped: std::sync::atomic::AtomicU64,
 }
 
 impl PeerTransport {
@@ -150,8 +152,14 @@ impl PeerOutbox for PeerTransport {
                 ));
                 continue;
             }
-            // Full queue: the peer is not keeping up or not there; Raft resends.
-            let _ = link.queue.try_send(msg);
+            // Full queue: the peer is not keeping up or not there; Raft resends (and
+            // the node re-asks read indexes and re-proposes what got lost).
+            if link.queue.try_send(msg).is_err() {
+                let dropped = link.dropped.fetch_add(1, Ordering::Relaxed);
+                if dropped.is_power_of_two() {
+                    tracing::warn!(peer = %hex(link.peer), dropped = dropped + 1, "dropping raft messages: the queue to the peer is full");
+                }
+            }
         }
     }
 
@@ -183,6 +191,7 @@ impl PeerOutbox for PeerTransport {
                 queue,
                 conn: watch::channel(None).0,
                 removed: AtomicBool::new(false),
+                dropped: std::sync::atomic::AtomicU64::new(0),
             });
             links.insert(*id, link.clone());
             inner.runtime.spawn(send_loop(link.clone(), rx));
