@@ -19,14 +19,15 @@ fn must(args: &[&str]) {
     );
 }
 
-/// Whether this process may create namespaces (root with iproute2).
-pub fn available() -> bool {
-    let probe = format!("qetcd-probe-{}", std::process::id());
-    let ok = ip(&["netns", "add", &probe]).is_ok_and(|o| o.status.success());
-    if ok {
-        let _ = ip(&["netns", "del", &probe]);
+/// Whether the tests that need their own hosts should run. They need root and
+/// iproute2; without them the tests fail, unless `QETCD_SKIP_NETNS=1` says to skip
+/// them (for a developer machine without root).
+pub fn required() -> bool {
+    if std::env::var_os("QETCD_SKIP_NETNS").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED: QETCD_SKIP_NETNS=1");
+        return false;
     }
-    ok
+    true
 }
 
 /// A bridge with one namespace per address. Removed on drop, with everything in it.

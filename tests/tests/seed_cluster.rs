@@ -39,8 +39,7 @@ fn seed_settings(i: usize, data_dir: &str) -> Vec<(&'static str, String)> {
 }
 
 fn check_seed_cluster(by_env: bool) {
-    if !netns::available() {
-        eprintln!("SKIPPED: cannot create network namespaces (needs root and iproute2)");
+    if !netns::required() {
         return;
     }
     let hosts = Hosts::create(&ADDRESSES);
