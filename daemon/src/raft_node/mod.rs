@@ -546,7 +546,19 @@ impl Node {
             self.install_snapshot(rd.snapshot())?;
         }
         let log = self.log.clone();
-        let mut batch = log.batch(Durability::Sync)?;
+        // As etcd's MustSync: new entries, or a new term or vote, must be on disk before
+        // Raft acts on them; a commit index alone can be recovered and needs no fsync.
+        let previous = log.hard_state();
+        let must_sync = !rd.entries().is_empty()
+            || rd
+                .hs()
+                .is_some_and(|hs| hs.term != previous.term || hs.vote != previous.vote);
+        let durability = if must_sync {
+            Durability::Sync
+        } else {
+            Durability::Deferred
+        };
+        let mut batch = log.batch(durability)?;
         batch.append(rd.entries())?;
         if let Some(hs) = rd.hs() {
             batch.set_hard_state(hs)?;
