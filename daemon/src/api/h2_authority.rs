@@ -8,10 +8,11 @@
 //! client-to-server direction only, rewrites such an authority to its `host:port`.
 //!
 //! Header blocks are HPACK-compressed against a per-connection table, so rewriting one
-//! means re-encoding it. Until the first rewrite the client's bytes go through as they
-//! are (only decoded, to follow its table); from then on every header block is decoded
-//! and re-encoded with our own encoder, whose table the server's decoder mirrors. Other
-//! frames, and connections that are not HTTP/2 at all (HTTP/1 `/health`), pass unchanged.
+//! means re-encoding it. The first request of a connection decides: if its authority is
+//! fine, the connection is passed through untouched from then on (a gRPC client uses
+//! one authority per connection); if not, every header block is decoded and re-encoded
+//! with our own encoder, whose table the server's decoder mirrors. Other frames, and
+//! connections that are not HTTP/2 at all (HTTP/1 `/health`), pass unchanged.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -146,6 +147,11 @@ impl<S> AuthorityFixingStream<S> {
                 output.extend_from_slice(&input[at..end]);
             }
             at = end;
+            if self.phase == Phase::Passthrough {
+                self.input.drain(..at);
+                self.pass_everything();
+                return;
+            }
         }
         self.input.drain(..at);
     }
@@ -214,6 +220,11 @@ impl<S> AuthorityFixingStream<S> {
         }
         if !changed && self.encoder.is_none() {
             self.emit(&block.original);
+            // A gRPC client uses one authority per connection: if the first request
+            // needs no repair, none will, and the rest of the connection goes through
+            // untouched (decoding every header block would cost a fifth of a busy
+            // member's CPU).
+            self.phase = Phase::Passthrough;
             return true;
         }
         let mut encoded = Vec::new();
