@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: etcdctl (the client under test), Debian's etcd (the
-# behavioural reference), protoc (the etcd-client crate's build needs it).
-packages=(etcd-client etcd-server protobuf-compiler)
+# behavioural reference), protoc and the well-known .proto files (the etcd-client
+# crate's build needs both).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
