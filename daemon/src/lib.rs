@@ -9,7 +9,7 @@
 //! - [`state_machine`]: applying committed entries.
 //! - [`mvcc`], [`lease`], [`membership`]: etcd's data model on that database.
 //! - [`api`]: the gRPC services and HTTP endpoints; [`error`] what clients are told.
-//! - [`server`]: one member assembled from these parts.
+//! - [`server`]: one member assembled from these parts; [`notify`] tells systemd how it is doing.
 
 pub mod api;
 pub mod bootstrap;
@@ -19,6 +19,7 @@ pub mod lease;
 pub mod logging;
 pub mod membership;
 pub mod mvcc;
+pub mod notify;
 pub mod proto;
 pub mod raft_node;
 pub mod server;

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::{self, ApiContext};
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::{Config, url_string};
+use crate::notify::{self, Notifier};
 use crate::proto::qetcdpb::{MemberAttributes, raft_request::Request};
 use crate::raft_node::{self, NodeConfig};
 use crate::storage::{ReaderPool, StorageError};
@@ -34,6 +35,24 @@ pub enum ServerError {
     TlsUnsupported(String),
     #[error("client listener failed: {0}")]
     Serve(String),
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+}
+
+/// Exit status of a member that its cluster removed. Restarting it cannot help (its
+/// peers refuse it until it is added again with a fresh data dir), so the systemd unit
+/// lists it in `RestartPreventExitStatus=`. 78 is sysexits' EX_CONFIG: the member's
+/// configuration no longer describes a member of the cluster. etcd has no such code.
+pub const EXIT_REMOVED: u8 = 78;
+
+impl ServerError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServerError::Removed => EXIT_REMOVED,
+            _ => 1,
+        }
+    }
 }
 
 /// etcd's request timeout: 5 s plus two election timeouts.
@@ -76,6 +95,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     }
     let (node, node_thread) = raft_node::start(node_cfg, boot.conn, Box::new(transport.clone()))?;
     transport.attach(node.clone());
+    // systemd hears of progress from here on; READY=1 once `published` is raised.
+    let notifier = Notifier::from_env();
+    let (published_tx, published_rx) = tokio::sync::watch::channel(false);
+    let tracker = notify::start(&notifier, node.clone(), transport.clone(), published_rx);
     let ctx = Arc::new(ApiContext {
         node: node.clone(),
         readers: ReaderPool::new(boot.db_path.clone()),
@@ -114,14 +137,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let node_done = tokio::task::spawn_blocking(move || node_thread.join());
     tokio::pin!(shutdown, publish, node_done);
     let mut published = false;
+    let mut removed = false;
     let outcome = loop {
         tokio::select! {
             _ = &mut publish, if !published => {
                 published = true;
                 tracing::info!(name = %cfg.name, "published local member to cluster; ready to serve client requests");
+                let _ = published_tx.send(true);
+            }
+            _ = transport.removed_from_cluster() => {
+                tracing::error!("the member has been permanently removed from the cluster");
+                removed = true;
+                node.stop();
+                break None;
             }
             _ = &mut shutdown => {
                 tracing::info!("received signal; shutting down");
+                tracker.abort();
+                notifier.stopping("stopping: handing over leadership if leader");
                 hand_over_leadership(&node, request_timeout(&cfg)).await;
                 node.stop();
                 break None;
@@ -129,6 +162,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
             joined = &mut node_done => break Some(joined),
         }
     };
+    tracker.abort();
     let _ = stop_tx.send(true);
     transport.shutdown();
     for l in listeners {
@@ -140,6 +174,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         Some(j) => j,
         None => node_done.await,
     };
+    if removed {
+        return Err(ServerError::Removed);
+    }
     match joined {
         Ok(Ok(result)) => result.map_err(ServerError::from),
         _ => Err(ServerError::Storage(StorageError::Corrupt(

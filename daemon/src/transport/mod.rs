@@ -36,6 +36,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// itself. Normally the lower ID calls at once; this covers a peer that cannot reach us,
 /// and peers that disagree about IDs (another cluster), which must still be told so.
 const FALLBACK_GRACE: Duration = Duration::from_secs(3);
+/// How long a peer must keep refusing us as removed before we believe it. A member that
+/// has just started accepts connections a moment before it knows the membership, and
+/// says "removed" to everyone in that moment; a removed member is refused forever.
+pub const REMOVED_CONFIRMATION: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -66,6 +70,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Where incoming snapshots are written before the node installs them.
     snapshot_dir: std::path::PathBuf,
+    /// Set once peers have kept refusing us as a removed member (see `dial_loop`).
+    removed_from_cluster: watch::Sender<bool>,
 }
 
 /// The first byte of every unidirectional stream: what it carries.
@@ -113,6 +119,7 @@ impl PeerTransport {
             links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             snapshot_dir,
+            removed_from_cluster: watch::channel(false).0,
         });
         for ep in &inner.endpoints {
             tokio::spawn(accept_loop(inner.clone(), ep.clone()));
@@ -123,6 +130,23 @@ impl PeerTransport {
     /// Connects the transport to the Raft node that receives what peers send.
     pub fn attach(&self, node: NodeHandle) {
         let _ = self.inner.node.set(node);
+    }
+
+    /// Other members of the cluster, and how many of them are connected right now.
+    pub fn peer_counts(&self) -> (usize, usize) {
+        let links = self.inner.links.lock().expect("links lock");
+        let connected = links.values().filter(|l| l.conn.borrow().is_some()).count();
+        (links.len(), connected)
+    }
+
+    /// Completes once peers have told this member, for longer than
+    /// [`REMOVED_CONFIRMATION`], that it was removed from the cluster: etcd's "the member
+    /// has been permanently removed from the cluster". Never completes otherwise.
+    pub async fn removed_from_cluster(&self) {
+        let mut removed = self.inner.removed_from_cluster.subscribe();
+        if removed.wait_for(|r| *r).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Closes every connection; peers see this member go away at once.
@@ -345,6 +369,7 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
 async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
     let mut backoff = BACKOFF_MIN;
     let mut last_refusal = None;
+    let mut removed_since: Option<std::time::Instant> = None;
     let mut conns = link.conn.subscribe();
     while !link.removed.load(Ordering::Acquire) {
         if !eager {
@@ -359,7 +384,16 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
                 continue;
             }
         }
-        match dial_once(&inner, link.peer).await {
+        let outcome = dial_once(&inner, link.peer).await;
+        if matches!(outcome, Err(DialError::Refused(Verdict::RemovedMember))) {
+            let since = *removed_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= REMOVED_CONFIRMATION {
+                inner.removed_from_cluster.send_replace(true);
+            }
+        } else if !matches!(outcome, Err(DialError::Unreachable(_))) {
+            removed_since = None;
+        }
+        match outcome {
             Ok(conn) => {
                 backoff = BACKOFF_MIN;
                 last_refusal = None;
