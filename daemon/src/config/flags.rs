@@ -291,6 +291,20 @@ pub const FLAGS: &[Flag] = &[
         "Path to the client server TLS key file."
     ),
     flag!(
+        "client-cert-file",
+        Text,
+        "",
+        SECURITY,
+        "Path to an explicit client certificate for outbound client connections; --cert-file is used when empty."
+    ),
+    flag!(
+        "client-key-file",
+        Text,
+        "",
+        SECURITY,
+        "Path to an explicit client key for outbound client connections; --key-file is used when empty."
+    ),
+    flag!(
         "client-cert-auth",
         Bool,
         "false",
@@ -340,6 +354,20 @@ pub const FLAGS: &[Flag] = &[
         "Path to the peer server TLS key file."
     ),
     flag!(
+        "peer-client-cert-file",
+        Text,
+        "",
+        SECURITY,
+        "Path to an explicit certificate this member presents when it dials peers; --peer-cert-file is used when empty."
+    ),
+    flag!(
+        "peer-client-key-file",
+        Text,
+        "",
+        SECURITY,
+        "Path to the key of --peer-client-cert-file; --peer-key-file is used when empty."
+    ),
+    flag!(
         "peer-client-cert-auth",
         Bool,
         "false",
@@ -373,6 +401,20 @@ pub const FLAGS: &[Flag] = &[
         "false",
         SECURITY,
         "Peer TLS using self-generated certificates."
+    ),
+    flag!(
+        "peer-skip-client-san-verification",
+        Bool,
+        "false",
+        SECURITY,
+        "Skip verification of SAN field in client certificate for peer connections."
+    ),
+    flag!(
+        "experimental-peer-skip-client-san-verification",
+        Bool,
+        "false",
+        SECURITY,
+        "Deprecated (etcd 3.5 name). Use --peer-skip-client-san-verification."
     ),
     flag!(
         "peer-crl-file",

@@ -68,6 +68,13 @@ pub struct TlsFlags {
     pub allowed_hostname: String,
     pub allowed_cn: String,
     pub auto_tls: bool,
+    /// Certificate and key presented when this member dials out (peers) instead of
+    /// `cert_file`/`key_file`; both or neither.
+    pub client_cert_file: String,
+    pub client_key_file: String,
+    /// Peer side only: accept a peer whose certificate's SANs do not cover the address
+    /// it connects from (etcd §6.4 check off).
+    pub skip_client_san_verification: bool,
 }
 
 impl TlsFlags {
@@ -357,6 +364,9 @@ impl Config {
             allowed_hostname: v.text("client-cert-allowed-hostname"),
             allowed_cn: String::new(),
             auto_tls: v.bool("auto-tls")?,
+            client_cert_file: v.text("client-cert-file"),
+            client_key_file: v.text("client-key-file"),
+            skip_client_san_verification: false,
         };
         let peer_tls = TlsFlags {
             cert_file: v.text("peer-cert-file"),
@@ -367,6 +377,10 @@ impl Config {
             allowed_hostname: v.text("peer-cert-allowed-hostname"),
             allowed_cn: v.text("peer-cert-allowed-cn"),
             auto_tls: v.bool("peer-auto-tls")?,
+            client_cert_file: v.text("peer-client-cert-file"),
+            client_key_file: v.text("peer-client-key-file"),
+            skip_client_san_verification: v.bool("peer-skip-client-san-verification")?
+                || v.bool("experimental-peer-skip-client-san-verification")?,
         };
         Ok(Config {
             name,

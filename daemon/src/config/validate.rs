@@ -127,10 +127,34 @@ impl Config {
             ));
         }
         if !self.peer_tls.allowed_cn.is_empty() && !self.peer_tls.allowed_hostname.is_empty() {
+            return Err(invalid(format!(
+                "AllowedCNs and AllowedHostnames are mutually exclusive (cns={:?}, hostnames={:?})",
+                self.peer_tls.allowed_cn.split(',').collect::<Vec<_>>(),
+                self.peer_tls.allowed_hostname.split(',').collect::<Vec<_>>()
+            )));
+        }
+        for tls in [&self.client_tls, &self.peer_tls] {
+            if tls.cert_file.is_empty() != tls.key_file.is_empty() {
+                return Err(invalid(format!(
+                    "KeyFile and CertFile must both be present[key: {}, cert: {}]",
+                    tls.key_file, tls.cert_file
+                )));
+            }
+            if tls.client_cert_file.is_empty() != tls.client_key_file.is_empty() {
+                return Err(invalid(format!(
+                    "ClientKeyFile and ClientCertFile must both be present or both absent: key: {:?}, cert: {:?}",
+                    tls.client_key_file, tls.client_cert_file
+                )));
+            }
+        }
+        if (self.client_tls.auto_tls || self.peer_tls.auto_tls)
+            && self.self_signed_cert_validity_years == 0
+        {
             return Err(invalid(
-                "--peer-cert-allowed-cn and --peer-cert-allowed-hostname are mutually exclusive",
+                "selfSignedCertValidity is invalid,it should be greater than 0",
             ));
         }
+        crate::tls::cipher_suites::parse(&self.cipher_suites).map_err(|e| invalid(e.to_string()))?;
         Ok(())
     }
 
