@@ -1,0 +1,274 @@
+use super::*;
+
+const GOOD: &str = r#"[cluster]
+name = "infra"
+token = "etcd-cluster-1"
+tls = "self-signed"
+
+[[member]]
+name = "infra0"
+address = "10.0.1.10"
+hostname = "infra0.example.com"
+
+[[member]]
+name = "infra1"
+address = "10.0.1.11"
+hostname = "infra1.example.com"
+
+[[member]]
+name = "infra2"
+address = "10.0.1.12"
+hostname = "infra2.example.com"
+"#;
+
+/// `GOOD` with line `line` (1-based) replaced by `with` (which may span lines).
+fn edit(line: usize, with: &str) -> String {
+    let mut lines: Vec<&str> = GOOD.lines().collect();
+    lines[line - 1] = with;
+    lines.join("\n") + "\n"
+}
+
+fn errors(text: &str) -> Vec<String> {
+    match Inventory::parse("inv.toml", text) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(InventoryError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn error(text: &str) -> String {
+    let e = errors(text);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    e[0].clone()
+}
+
+#[test]
+fn the_good_inventory_gets_its_defaults() {
+    let inv = Inventory::parse("inv.toml", GOOD).unwrap();
+    assert_eq!(inv.name, "infra");
+    assert_eq!(inv.token, "etcd-cluster-1");
+    assert_eq!(inv.bootstrap, Bootstrap::Static);
+    assert_eq!(inv.tls, TlsMode::SelfSigned);
+    assert_eq!((inv.client_port, inv.peer_port), (2379, 2380));
+    assert_eq!(inv.data_dir, Path::new("/var/lib/qetcd"));
+    assert!(inv.listen_localhost);
+    assert_eq!(inv.cert_validity_days, 365);
+    assert_eq!(inv.members.len(), 3);
+    assert_eq!(
+        inv.members[1].sans(),
+        [
+            San::Ip("10.0.1.11".parse().unwrap()),
+            San::Dns("infra1.example.com".into())
+        ]
+    );
+    assert!(inv.warnings.is_empty());
+}
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inventory.toml");
+    let inv = Inventory::load(&path).unwrap();
+    assert_eq!(inv.token, "etcd-cluster-1");
+    assert_eq!(inv.tls, TlsMode::SelfSigned);
+    let names: Vec<_> = inv.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["infra0", "infra1", "infra2"]);
+    assert!(inv.warnings.is_empty());
+}
+
+#[test]
+fn unknown_keys() {
+    assert_eq!(
+        error(&edit(13, "adress = \"10.0.1.11\"")),
+        "inv.toml:13: member[1].adress: unknown field `adress`, expected one of `name`, `address`, `hostname`, `extra_sans`"
+    );
+    let e = error(&edit(4, "tls = \"none\"\nclient-port = 2379"));
+    assert!(
+        e.starts_with(
+            "inv.toml:5: cluster.client-port: unknown field `client-port`, expected one of"
+        ),
+        "{e}"
+    );
+    let e = error(&(GOOD.to_string() + "[defaults]\nx = 1\n"));
+    assert!(
+        e.starts_with("inv.toml:20: defaults: unknown field `defaults`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wrong_types() {
+    let e = error(&edit(4, "tls = \"none\"\nclient_port = \"2379\""));
+    assert!(
+        e.starts_with(
+            "inv.toml:5: cluster.client_port: invalid type: string \"2379\", expected i64"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\npeer_port = 70000")),
+        "inv.toml:5: cluster.peer_port: 70000 is not a port (1-65535)"
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\npeer_port = 2379")),
+        "inv.toml:5: cluster.peer_port: 2379 is also the client port; clients and peers need ports of their own"
+    );
+}
+
+#[test]
+fn duplicates_name_the_first_use() {
+    assert_eq!(
+        error(&edit(12, "name = \"infra0\"")),
+        "inv.toml:12: member[1].name: \"infra0\" is already the name of member[0] (line 7)"
+    );
+    assert_eq!(
+        error(&edit(18, "address = \"10.0.1.11\"")),
+        "inv.toml:18: member[2].address: \"10.0.1.11\" is already the address of member[1] (line 13)"
+    );
+    // Host names compare case-insensitively, as DNS does.
+    assert_eq!(
+        error(&edit(19, "hostname = \"INFRA0.example.com\"")),
+        "inv.toml:19: member[2].hostname: \"infra0.example.com\" is already the hostname of member[0] (line 9)"
+    );
+}
+
+#[test]
+fn addresses_must_be_ips() {
+    assert_eq!(
+        error(&edit(8, "address = \"10.0.1.300\"")),
+        "inv.toml:8: member[0].address: \"10.0.1.300\" is not an IP address"
+    );
+    assert_eq!(
+        error(&edit(8, "address = \"infra0.example.com\"")),
+        "inv.toml:8: member[0].address: \"infra0.example.com\" is a hostname, but the member listens on its address, so it must be an IP address (put the name in hostname)"
+    );
+    assert_eq!(
+        error(&edit(8, "address = \"10.0.1.10:2379\"")),
+        "inv.toml:8: member[0].address: \"10.0.1.10:2379\" carries a port; give the IP alone (ports are cluster.client_port and cluster.peer_port)"
+    );
+    let e = error(&edit(8, "address = \"127.0.0.1\""));
+    assert!(
+        e.starts_with("inv.toml:8: member[0].address: 127.0.0.1 is a loopback address"),
+        "{e}"
+    );
+    let e = error(&edit(8, "address = \"0.0.0.0\""));
+    assert!(
+        e.starts_with("inv.toml:8: member[0].address: 0.0.0.0 is the unspecified address"),
+        "{e}"
+    );
+    assert_eq!(
+        error(&edit(9, "hostname = \"10.0.1.10\"")),
+        "inv.toml:9: member[0].hostname: \"10.0.1.10\" is an IP address; hostname is the member's DNS name (its IP belongs in address)"
+    );
+    assert_eq!(
+        error(&edit(9, "hostname = \"infra_0.example.com\"")),
+        "inv.toml:9: member[0].hostname: \"infra_0.example.com\" is not a valid DNS name"
+    );
+    assert_eq!(
+        error(&edit(
+            9,
+            "extra_sans = [\"etcd.example.com\", \"not a name\"]"
+        )),
+        "inv.toml:9: member[0].extra_sans[1]: \"not a name\" is neither an IP address nor a DNS name"
+    );
+}
+
+#[test]
+fn missing_and_empty_token() {
+    assert_eq!(
+        error(&edit(3, "")),
+        "inv.toml:1: cluster.token: missing: every cluster needs a token of its own (etcd's --initial-cluster-token), so that members of different clusters never join each other"
+    );
+    assert_eq!(
+        error(&edit(3, "token = \"\"")),
+        "inv.toml:3: cluster.token: is empty: every cluster needs a token of its own (etcd's --initial-cluster-token)"
+    );
+    let e = error(&edit(3, "token = \"two words\""));
+    assert!(
+        e.starts_with("inv.toml:3: cluster.token: \"two words\" may only hold"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bootstrap_modes_not_supported_yet() {
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\nbootstrap = \"discovery\"")),
+        "inv.toml:5: cluster.bootstrap: \"discovery\" is not supported yet; use \"static\""
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\nbootstrap = \"dns\"")),
+        "inv.toml:5: cluster.bootstrap: \"dns\" is not supported yet; use \"static\""
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\nbootstrap = \"magic\"")),
+        "inv.toml:5: cluster.bootstrap: unknown bootstrap mode \"magic\": expected \"static\" (\"discovery\" and \"dns\" are not supported yet)"
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"yes\"")),
+        "inv.toml:4: cluster.tls: unknown TLS mode \"yes\": expected \"none\", \"self-signed\" or \"auto\""
+    );
+}
+
+#[test]
+fn every_error_is_reported_at_once_in_file_order() {
+    let text = edit(8, "address = \"nope!\"").replace("name = \"infra2\"", "name = \"infra1\"");
+    assert_eq!(
+        errors(&text),
+        [
+            "inv.toml:8: member[0].address: \"nope!\" is not an IP address",
+            "inv.toml:17: member[2].name: \"infra1\" is already the name of member[1] (line 12)",
+        ]
+    );
+}
+
+#[test]
+fn members_and_data_dir() {
+    let text = GOOD.split("[[member]]").next().unwrap();
+    let e = error(text);
+    assert!(
+        e.ends_with(
+            "member: no members: add one [[member]] table per host (name, address, hostname)"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\ndata_dir = \"var/lib/qetcd\"")),
+        "inv.toml:5: cluster.data_dir: \"var/lib/qetcd\" must be an absolute directory path other than / (letters, digits and . _ - / only)"
+    );
+    assert_eq!(error(&edit(7, "")), "inv.toml:6: member[0].name: missing");
+}
+
+#[test]
+fn an_even_member_count_warns_why() {
+    let text = GOOD.to_string() + "\n[[member]]\nname = \"infra3\"\naddress = \"10.0.1.13\"\n";
+    let inv = Inventory::parse("inv.toml", &text).unwrap();
+    let w: Vec<String> = inv.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        w,
+        [
+            "inv.toml:6: member: 4 members: an even count tolerates no more failures than 3 members (a majority of 4 is 3, so 1 may fail), while every write waits for one more member; use 3 or 5 members"
+        ]
+    );
+}
+
+#[test]
+fn dns_names() {
+    for ok in ["a", "infra0.example.com", "x-1.example.com.", "a.b9"] {
+        assert!(is_dns_name(ok), "{ok}");
+    }
+    for bad in [
+        "",
+        "-a.com",
+        "a-.com",
+        "a..b",
+        "10.0.1.300",
+        "a b",
+        "a_b.com",
+    ] {
+        assert!(!is_dns_name(bad), "{bad}");
+    }
+    assert_eq!(
+        San::parse("*.example.com"),
+        Ok(San::Dns("*.example.com".into()))
+    );
+}

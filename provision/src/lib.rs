@@ -1,0 +1,182 @@
+//! provision: one inventory.toml in, one bundle per qetcd host out.
+//!
+//! - [`inventory`]: the TOML schema, defaults and validation (errors name file, line
+//!   and field);
+//! - [`pki`]: CAs and certificates for `tls = "self-signed"`, kept across renders;
+//! - [`render`]: the text of each file, checked by the daemon's own `Config`;
+//! - [`bundle`]: where files go, their modes and owners, idempotent writing;
+//! - [`check`]: verifying an inventory and what was rendered from it.
+
+pub mod bundle;
+pub mod check;
+pub mod inventory;
+pub mod pki;
+pub mod render;
+
+use std::path::Path;
+
+use time::OffsetDateTime;
+
+use bundle::{Owner, Plan, Report, layout};
+use inventory::{Inventory, InventoryError, TlsMode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Render(#[from] render::RenderError),
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    #[error(transparent)]
+    Bundle(#[from] bundle::BundleError),
+}
+
+/// Everything a render would write, and what happened to the TLS material on the way.
+pub struct Rendered {
+    pub plan: Plan,
+    /// Certificates and keys issued, with the reason.
+    pub issued: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Builds the whole output in memory, reading the CAs, keys and certificates already
+/// in `out` so they are kept. Nothing is written.
+pub fn build(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Rendered, Error> {
+    let mut plan = Plan::default();
+    // Every env file is validated before anything else happens, so a rejected
+    // configuration never leaves half an output behind.
+    for m in &inv.members {
+        render::validate(&m.name, &render::env_vars(inv, m))?;
+    }
+    for m in &inv.members {
+        plan.file(
+            layout::on_host(&m.name, layout::ENV_FILE),
+            render::env_file(inv, m),
+            0o644,
+            Owner::Root,
+        );
+        plan.file(
+            layout::on_host(&m.name, layout::DROPIN),
+            render::dropin(inv, m),
+            0o644,
+            Owner::Root,
+        );
+    }
+    // The admin directory holds the operator's key.
+    plan.dir(layout::admin(), 0o700, Owner::Root);
+    plan.file(
+        layout::admin().join("etcdctl.env"),
+        render::etcdctl_env(inv),
+        0o644,
+        Owner::Root,
+    );
+    let mut issued = Vec::new();
+    let mut warnings = Vec::new();
+    if inv.tls == TlsMode::SelfSigned {
+        let pki = pki::prepare(inv, out, now)?;
+        plan.dir(layout::ca_dir(), 0o700, Owner::Root);
+        for (which, pair) in [("peer", &pki.peer_ca), ("client", &pki.client_ca)] {
+            plan.file(
+                layout::ca_cert(which),
+                pair.cert_pem.as_str(),
+                0o644,
+                Owner::Root,
+            );
+            plan.file(
+                layout::ca_key(which),
+                pair.key_pem.as_str(),
+                0o600,
+                Owner::Root,
+            );
+        }
+        for (name, certs) in &pki.members {
+            let dir = layout::host_pki(name);
+            // The service reads its keys through the group; nobody else gets in.
+            plan.dir(&dir, 0o750, Owner::RootService);
+            let cert = Owner::RootService;
+            plan.file(
+                dir.join("peer-ca.crt"),
+                pki.peer_ca.cert_pem.as_str(),
+                0o644,
+                cert,
+            );
+            plan.file(
+                dir.join("client-ca.crt"),
+                pki.client_ca.cert_pem.as_str(),
+                0o644,
+                cert,
+            );
+            plan.file(
+                dir.join("peer.crt"),
+                certs.peer.cert_pem.as_str(),
+                0o644,
+                cert,
+            );
+            plan.file(
+                dir.join("peer.key"),
+                certs.peer.key_pem.as_str(),
+                0o640,
+                cert,
+            );
+            plan.file(
+                dir.join("server.crt"),
+                certs.server.cert_pem.as_str(),
+                0o644,
+                cert,
+            );
+            plan.file(
+                dir.join("server.key"),
+                certs.server.key_pem.as_str(),
+                0o640,
+                cert,
+            );
+        }
+        let admin = layout::admin();
+        plan.file(
+            admin.join("client-ca.crt"),
+            pki.client_ca.cert_pem.as_str(),
+            0o644,
+            Owner::Root,
+        );
+        plan.file(
+            admin.join("peer-ca.crt"),
+            pki.peer_ca.cert_pem.as_str(),
+            0o644,
+            Owner::Root,
+        );
+        plan.file(
+            admin.join("admin.crt"),
+            pki.admin.cert_pem.as_str(),
+            0o644,
+            Owner::Root,
+        );
+        plan.file(
+            admin.join("admin.key"),
+            pki.admin.key_pem.as_str(),
+            0o600,
+            Owner::Root,
+        );
+        issued = pki.notes;
+        warnings = pki.warnings;
+    }
+    plan.add_manifest();
+    Ok(Rendered {
+        plan,
+        issued,
+        warnings,
+    })
+}
+
+/// What `render` did.
+pub struct Outcome {
+    pub rendered: Rendered,
+    pub report: Report,
+}
+
+/// Renders `inv` into `out` (or, with `dry_run`, only reports what would change).
+pub fn render(inv: &Inventory, out: &Path, dry_run: bool) -> Result<Outcome, Error> {
+    let rendered = build(inv, out, OffsetDateTime::now_utc())?;
+    let report = bundle::apply(out, &rendered.plan, dry_run)?;
+    Ok(Outcome { rendered, report })
+}

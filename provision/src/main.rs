@@ -1,0 +1,219 @@
+//! The `provision` command line: parse, call the library, print, exit.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use provision::bundle::Change;
+use provision::check::Severity;
+use provision::inventory::Inventory;
+
+/// Turn one inventory.toml into everything each qetcd host needs.
+///
+/// An inventory describes a cluster once: its name and token, how it bootstraps, how
+/// its traffic is protected, and its members. `provision render` turns it into one
+/// bundle per host — the ETCD_* env file, a systemd drop-in and the host's TLS
+/// material — laid out as that host's filesystem, plus the operator's etcdctl
+/// credentials. `provision check` verifies an inventory and the bundles rendered from
+/// it.
+#[derive(Parser)]
+#[command(name = "provision", version, propagate_version = true)]
+#[command(after_help = "\
+Typical use:
+  provision render inventory.toml --out bundles
+  rsync -a bundles/infra0/ root@infra0:/          # likewise for each host
+  provision check inventory.toml --out bundles
+  cd bundles && . admin/etcdctl.env && etcdctl endpoint health
+
+See examples/inventory.toml for every setting, with its default.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Render(RenderArgs),
+    Check(CheckArgs),
+}
+
+/// Render every host's bundle into an output directory.
+///
+/// For each member, DIR/<name>/ holds what that host needs, at the paths it needs it,
+/// so it can be copied onto the host's / as it is:
+///
+///   etc/qetcd/qetcd.env              ETCD_* variables (EnvironmentFile= of qetcd.service)
+///   etc/qetcd/pki/                   peer.{crt,key}, server.{crt,key}, peer-ca.crt,
+///                                    client-ca.crt (tls = "self-signed")
+///   etc/systemd/system/qetcd.service.d/10-provision.conf
+///                                    drop-in (e.g. for a data dir outside /var/lib/qetcd)
+///
+/// DIR/admin/ holds the operator's client certificate and etcdctl.env (source it from
+/// DIR), DIR/ca/ the CA keys (keep them safe; never copy them to a host), and
+/// DIR/manifest.txt the mode and owner each file is meant to have once installed.
+///
+/// Every env file is checked with qetcd's own configuration validation before
+/// anything is written. Rendering again is safe: CA and keys are kept, certificates
+/// are re-issued only when their names change or they near expiry, unchanged files
+/// are left untouched, and every change is listed.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+#[command(after_help = "\
+Examples:
+  provision render examples/inventory.toml --out bundles
+  provision render examples/inventory.toml --out bundles --dry-run")]
+struct RenderArgs {
+    /// The inventory (TOML) describing the cluster.
+    inventory: PathBuf,
+    /// Output directory; created if missing, and rendered into again on later runs.
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+    /// Show what would be created or changed, and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+/// Check an inventory and, with --out, the bundles rendered from it.
+///
+/// Without --out, validates the inventory and the configuration it renders. With
+/// --out, also reads every host's bundle as that host will:
+///
+///   - env files pass qetcd's validation, match the inventory, and agree with each
+///     other (ETCD_INITIAL_CLUSTER, token, state);
+///   - every certificate covers every address its member serves and advertises,
+///     chains to the CA its peers trust, matches its key, has the right key usages,
+///     and has more than 30 days left (a warning otherwise);
+///   - private keys are not readable beyond their owner and the service group.
+///
+/// Exits 1 on any error, 0 when there are at most warnings.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+#[command(after_help = "\
+Examples:
+  provision check examples/inventory.toml
+  provision check examples/inventory.toml --out bundles")]
+struct CheckArgs {
+    /// The inventory (TOML) describing the cluster.
+    inventory: PathBuf,
+    /// A directory `provision render` wrote; its bundles are checked too.
+    #[arg(short, long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Render(a) => render(a),
+        Command::Check(a) => check(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("provision: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Inventory> {
+    let inv = Inventory::load(path)?;
+    for w in &inv.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(inv)
+}
+
+fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
+    let inv = load(&a.inventory)?;
+    let out = provision::render(&inv, &a.out, a.dry_run)
+        .with_context(|| format!("rendering {}", a.inventory.display()))?;
+    let would = if a.dry_run { "would be " } else { "" };
+    println!(
+        "cluster {}: {} members, tls {}, into {}{}",
+        inv.name,
+        inv.members.len(),
+        inv.tls.as_str(),
+        a.out.display(),
+        if a.dry_run {
+            " (dry run: nothing written)"
+        } else {
+            ""
+        }
+    );
+    for note in &out.rendered.issued {
+        println!("  {would}issued   {note}");
+    }
+    for (path, change) in &out.report.changes {
+        let verb = match (change, a.dry_run) {
+            (Change::Created, false) => "created",
+            (Change::Created, true) => "would create",
+            (Change::Updated, false) => "updated",
+            (Change::Updated, true) => "would update",
+            (Change::Permissions, false) => "fixed mode/owner of",
+            (Change::Permissions, true) => "would fix mode/owner of",
+        };
+        println!("  {verb} {}", path.display());
+    }
+    for s in &out.report.stale {
+        println!(
+            "  left in place, no longer rendered: {} (remove it if it is obsolete)",
+            s.display()
+        );
+    }
+    for w in &out.rendered.warnings {
+        eprintln!("warning: {w}");
+    }
+    if let Some(note) = &out.report.owner_note
+        && !out.report.changes.is_empty()
+    {
+        eprintln!("note: {note}");
+    }
+    if out.report.changes.is_empty() {
+        println!(
+            "nothing changed: all {} entries are up to date",
+            out.report.unchanged
+        );
+    } else {
+        let count = |c: Change| out.report.changes.iter().filter(|(_, x)| *x == c).count();
+        println!(
+            "{}{} created, {} updated, {} permission fixes, {} unchanged",
+            if a.dry_run { "would be: " } else { "" },
+            count(Change::Created),
+            count(Change::Updated),
+            count(Change::Permissions),
+            out.report.unchanged
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
+    let inv = Inventory::load(&a.inventory)?;
+    let findings = provision::check::check(&inv, a.out.as_deref(), time::OffsetDateTime::now_utc());
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .count();
+    let warnings = findings.len() - errors;
+    let what = match &a.out {
+        Some(out) => format!(
+            "{} and the {} bundles in {}",
+            a.inventory.display(),
+            inv.members.len(),
+            out.display()
+        ),
+        None => a.inventory.display().to_string(),
+    };
+    if errors == 0 {
+        println!("ok: {what} ({warnings} warnings)");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{errors} errors, {warnings} warnings in {what}");
+        Ok(ExitCode::FAILURE)
+    }
+}
