@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: etcdctl (the client under test), Debian's etcd (the
 # behavioural reference), protoc and the well-known .proto files (the etcd-client
-# crate's build needs both).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev)
+# crate's build needs both), openssl (reads the certificates provision renders).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
