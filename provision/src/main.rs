@@ -23,7 +23,8 @@ use provision::inventory::Inventory;
 #[command(after_help = "\
 Typical use:
   provision render inventory.toml --out bundles
-  rsync -a bundles/infra0/ root@infra0:/          # likewise for each host
+  rsync -rlp --chown=root:root bundles/infra0/ root@infra0:/     # likewise for each host,
+  ssh root@infra0 'chgrp -R qetcd /etc/qetcd/pki && systemctl start qetcd'  # owners as in manifest.txt
   provision check inventory.toml --out bundles
   cd bundles && . admin/etcdctl.env && etcdctl endpoint health
 
