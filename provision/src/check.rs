@@ -131,6 +131,32 @@ fn check_output(inv: &Inventory, out: &Path, now: OffsetDateTime, f: &mut Findin
         check_host_tls(&m.name, &vars, out, now, f);
         envs.insert(&m.name, vars);
     }
+    // The other rendered texts are derived from the inventory alone: they must read
+    // exactly as a render would write them.
+    let mut texts: Vec<(PathBuf, String)> = inv
+        .members
+        .iter()
+        .map(|m| {
+            (
+                layout::on_host(&m.name, layout::DROPIN),
+                render::dropin(inv, m),
+            )
+        })
+        .collect();
+    texts.push((
+        layout::admin().join("etcdctl.env"),
+        render::etcdctl_env(inv),
+    ));
+    for (path, want) in texts {
+        match std::fs::read_to_string(out.join(&path)) {
+            Err(e) => f.error(format!("{}: {e} (run `provision render`)", rel(&path))),
+            Ok(have) if have != want => f.error(format!(
+                "{}: differs from what the inventory renders; run `provision render`",
+                rel(&path)
+            )),
+            Ok(_) => {}
+        }
+    }
     check_consistency(&envs, f);
     if inv.tls == TlsMode::SelfSigned {
         check_admin(out, now, f);

@@ -205,6 +205,21 @@ fn check_finds_what_does_not_fit() {
         "error: infra2/etc/qetcd/qetcd.env: differs from the inventory; run `provision render` (ETCD_INITIAL_CLUSTER_TOKEN: has \"other\", inventory gives \"etcd-cluster-1\")"
     ));
 
+    let etcdctl_env = out.join(layout::admin().join("etcdctl.env"));
+    let text = read(out, &etcdctl_env).replace("10.0.1.12", "10.0.1.99");
+    std::fs::write(&etcdctl_env, text).unwrap();
+    let errors: Vec<String> = check(&inv, Some(out), now())
+        .into_iter()
+        .map(|f| f.to_string())
+        .collect();
+    assert!(
+        errors.contains(
+            &"error: admin/etcdctl.env: differs from what the inventory renders; run `provision render`"
+                .to_string()
+        ),
+        "{errors:#?}"
+    );
+
     // Rendering again repairs all of it.
     crate::render(&inv, out, false).unwrap();
     assert_eq!(check(&inv, Some(out), now()), []);
