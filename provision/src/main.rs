@@ -103,6 +103,23 @@ struct CheckArgs {
     out: Option<PathBuf>,
 }
 
+/// `println!` that ignores a closed stdout (`provision render ... | head`): by the time
+/// anything is printed the work is done, and a panic would only hide that.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -130,8 +147,7 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
     let inv = load(&a.inventory)?;
     let out = provision::render(&inv, &a.out, a.dry_run)
         .with_context(|| format!("rendering {}", a.inventory.display()))?;
-    let would = if a.dry_run { "would be " } else { "" };
-    println!(
+    say!(
         "cluster {}: {} members, tls {}, into {}{}",
         inv.name,
         inv.members.len(),
@@ -144,7 +160,8 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
         }
     );
     for note in &out.rendered.issued {
-        println!("  {would}issued   {note}");
+        let verb = if a.dry_run { "would issue" } else { "issued" };
+        say!("  {verb} {note}");
     }
     for (path, change) in &out.report.changes {
         let verb = match (change, a.dry_run) {
@@ -155,10 +172,10 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
             (Change::Permissions, false) => "fixed mode/owner of",
             (Change::Permissions, true) => "would fix mode/owner of",
         };
-        println!("  {verb} {}", path.display());
+        say!("  {verb} {}", path.display());
     }
     for s in &out.report.stale {
-        println!(
+        say!(
             "  left in place, no longer rendered: {} (remove it if it is obsolete)",
             s.display()
         );
@@ -172,13 +189,13 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
         eprintln!("note: {note}");
     }
     if out.report.changes.is_empty() {
-        println!(
+        say!(
             "nothing changed: all {} entries are up to date",
             out.report.unchanged
         );
     } else {
         let count = |c: Change| out.report.changes.iter().filter(|(_, x)| *x == c).count();
-        println!(
+        say!(
             "{}{} created, {} updated, {} permission fixes, {} unchanged",
             if a.dry_run { "would be: " } else { "" },
             count(Change::Created),
@@ -194,7 +211,7 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let inv = Inventory::load(&a.inventory)?;
     let findings = provision::check::check(&inv, a.out.as_deref(), time::OffsetDateTime::now_utc());
     for f in &findings {
-        println!("{f}");
+        say!("{f}");
     }
     let errors = findings
         .iter()
@@ -211,10 +228,14 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         None => a.inventory.display().to_string(),
     };
     if errors == 0 {
-        println!("ok: {what} ({warnings} warnings)");
+        say!("ok: {what} ({})", plural(warnings, "warning"));
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{errors} errors, {warnings} warnings in {what}");
+        say!(
+            "{}, {} in {what}",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        );
         Ok(ExitCode::FAILURE)
     }
 }
