@@ -9,6 +9,7 @@
 //! - [`state_machine`]: applying committed entries.
 //! - [`mvcc`], [`lease`], [`membership`]: etcd's data model on that database.
 //! - [`api`]: the gRPC services and HTTP endpoints; [`error`] what clients are told.
+//! - [`tls`]: certificates and TLS configs for client listeners and peers.
 //! - [`server`]: one member assembled from these parts; [`notify`] tells systemd how it is doing.
 
 pub mod api;
@@ -25,4 +26,5 @@ pub mod raft_node;
 pub mod server;
 pub mod state_machine;
 pub mod storage;
+pub mod tls;
 pub mod transport;

@@ -6,9 +6,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
-
 use crate::api::{self, ApiContext};
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::{Config, url_string};
@@ -31,8 +28,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{0}: https URLs are not supported by this version of qetcd")]
-    TlsUnsupported(String),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("client listener failed: {0}")]
     Serve(String),
     #[error("the member has been permanently removed from the cluster")]
@@ -75,20 +72,17 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let peer_addrs = cfg
         .listen_peer_urls
         .iter()
-        .map(|u| {
-            if u.scheme() == "http" {
-                Ok(listen_addr(u))
-            } else {
-                Err(ServerError::TlsUnsupported(url_string(u)))
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(listen_addr)
+        .collect::<Vec<_>>();
+    let peer_tls = crate::tls::peer_side::configs(&cfg)?;
+    let client_tls = crate::tls::client_side::server_config(&cfg)?;
     let transport = PeerTransport::bind(
         &peer_addrs,
         boot.member_id,
         boot.cluster_id,
         cfg.election_timeout,
         crate::storage::snapshot::snapshot_dir(&boot.db_path),
+        peer_tls,
     )?;
     for addr in &peer_addrs {
         tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");
@@ -112,23 +106,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {
-        if url.scheme() != "http" {
-            return Err(ServerError::TlsUnsupported(url_string(url)));
-        }
         let addr = listen_addr(url);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServerError::Bind { addr, source })?;
-        tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+        let tls = match url.scheme() {
+            "https" | "unixs" => client_tls.clone(),
+            _ => None,
+        };
+        if tls.is_some() {
+            tracing::info!(address = %addr, "serving client traffic securely");
+        } else {
+            tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+        }
         let routes = api::routes(ctx.clone());
         let mut stop = stop_rx.clone();
         listeners.push(tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .accept_http1(true)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(client_connections(listener), async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
+                .serve_with_incoming_shutdown(
+                    api::client_listener::accept(listener, tls),
+                    async move {
+                        let _ = stop.wait_for(|s| *s).await;
+                    },
+                )
                 .await
         }));
     }
@@ -226,21 +228,6 @@ async fn publish_attributes(cfg: &Config, node: &raft_node::NodeHandle, member_i
         }
         tokio::time::sleep(cfg.heartbeat_interval).await;
     }
-}
-
-/// Accepted client connections, each wrapped so that etcd 3.4 clients' URL-shaped
-/// `:authority` is accepted (see `api::h2_authority`).
-fn client_connections(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<
-    Item = std::io::Result<api::h2_authority::AuthorityFixingStream<tokio::net::TcpStream>>,
-> {
-    TcpListenerStream::new(listener).map(|conn| {
-        conn.map(|stream| {
-            let _ = stream.set_nodelay(true);
-            api::h2_authority::AuthorityFixingStream::new(stream)
-        })
-    })
 }
 
 /// The socket address of a listen URL; `localhost` means the IPv4 loopback, as Go's

@@ -53,7 +53,7 @@ impl Cluster {
 
     /// etcdctl against every member's endpoint.
     pub fn etcdctl(&self) -> Etcdctl {
-        Etcdctl::new(&self.endpoints())
+        Etcdctl::new(&self.endpoints()).with_args(&self.members[0].spec.etcdctl_args)
     }
 
     /// Index of the member the given running members agree leads, once they agree.

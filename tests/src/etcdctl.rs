@@ -29,13 +29,21 @@ impl Output {
 #[derive(Debug, Clone)]
 pub struct Etcdctl {
     endpoints: String,
+    global_args: Vec<String>,
 }
 
 impl Etcdctl {
     pub fn new(endpoints: &str) -> Self {
         Etcdctl {
             endpoints: endpoints.to_string(),
+            global_args: Vec::new(),
         }
+    }
+
+    /// The same client with more global flags (TLS material and the like).
+    pub fn with_args(mut self, args: &[String]) -> Self {
+        self.global_args.extend(args.iter().cloned());
+        self
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
@@ -48,6 +56,7 @@ impl Etcdctl {
             .arg("--endpoints")
             .arg(&self.endpoints)
             .arg("--command-timeout=10s")
+            .args(&self.global_args)
             .args(args)
             .stdin(if stdin.is_some() {
                 Stdio::piped()

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod etcdctl;
 pub mod member;
 pub mod netns;
+pub mod pki;
 pub mod wait;
 
 pub use cluster::Cluster;

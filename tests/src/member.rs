@@ -86,6 +86,11 @@ pub struct MemberSpec {
     pub token: Option<String>,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// `http` or `https`, for the client and the peer URLs.
+    pub client_scheme: String,
+    pub peer_scheme: String,
+    /// Global etcdctl flags this member's clients need (`--cacert`, `--cert`, ...).
+    pub etcdctl_args: Vec<String>,
 }
 
 impl MemberSpec {
@@ -98,15 +103,18 @@ impl MemberSpec {
             token: None,
             extra_args: Vec::new(),
             env: Vec::new(),
+            client_scheme: "http".into(),
+            peer_scheme: "http".into(),
+            etcdctl_args: Vec::new(),
         }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://{}:2379", self.ip)
+        format!("{}://{}:2379", self.client_scheme, self.ip)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://{}:2380", self.ip)
+        format!("{}://{}:2380", self.peer_scheme, self.ip)
     }
 
     fn args(&self, data_dir: &Path) -> Vec<String> {
@@ -243,7 +251,7 @@ impl Member {
     }
 
     pub fn etcdctl(&self) -> Etcdctl {
-        Etcdctl::new(&self.client_url())
+        Etcdctl::new(&self.client_url()).with_args(&self.spec.etcdctl_args)
     }
 
     /// Everything the member logged so far.
@@ -253,6 +261,11 @@ impl Member {
 
     /// `GET /health` on the client URL: status code and body.
     pub fn health(&self) -> Option<(u16, String)> {
+        if self.spec.client_scheme == "https" {
+            // TLS: ask as a client with this member's credentials would.
+            let out = self.etcdctl().run(&["endpoint", "health"]);
+            return out.success.then_some((200, out.stdout));
+        }
         http_get(&format!("{}:2379", self.spec.ip), "/health")
     }
 
@@ -297,6 +310,13 @@ impl Member {
         self.kill9();
         self.launch();
         self.wait_healthy();
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits for the process to exit by itself.

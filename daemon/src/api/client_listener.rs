@@ -67,11 +67,18 @@ pub fn accept(
                         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
-                                tracing::warn!("rejected connection from {:?} (error {:?})", remote.to_string(), e.to_string());
+                                tracing::warn!(
+                                    "rejected connection from {:?} (error {:?})",
+                                    remote.to_string(),
+                                    e.to_string()
+                                );
                                 return;
                             }
                             Err(_) => {
-                                tracing::warn!("rejected connection from {:?} (error \"TLS handshake timed out\")", remote.to_string());
+                                tracing::warn!(
+                                    "rejected connection from {:?} (error \"TLS handshake timed out\")",
+                                    remote.to_string()
+                                );
                                 return;
                             }
                         };

@@ -1,6 +1,7 @@
 //! etcd's v3 client API: gRPC services and the HTTP endpoints beside them, all on each
 //! client listener.
 
+pub mod client_listener;
 mod cluster;
 pub mod h2_authority;
 mod http;

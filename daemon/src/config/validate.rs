@@ -130,7 +130,10 @@ impl Config {
             return Err(invalid(format!(
                 "AllowedCNs and AllowedHostnames are mutually exclusive (cns={:?}, hostnames={:?})",
                 self.peer_tls.allowed_cn.split(',').collect::<Vec<_>>(),
-                self.peer_tls.allowed_hostname.split(',').collect::<Vec<_>>()
+                self.peer_tls
+                    .allowed_hostname
+                    .split(',')
+                    .collect::<Vec<_>>()
             )));
         }
         for tls in [&self.client_tls, &self.peer_tls] {
@@ -154,7 +157,8 @@ impl Config {
                 "selfSignedCertValidity is invalid,it should be greater than 0",
             ));
         }
-        crate::tls::cipher_suites::parse(&self.cipher_suites).map_err(|e| invalid(e.to_string()))?;
+        crate::tls::cipher_suites::parse(&self.cipher_suites)
+            .map_err(|e| invalid(e.to_string()))?;
         Ok(())
     }
 

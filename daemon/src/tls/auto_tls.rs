@@ -28,7 +28,11 @@ pub struct GeneratedPair {
 
 /// Returns the pair in `dir`, generating it when either file is missing. `hosts` (IPs
 /// or names from the listen URLs) become the SANs.
-pub fn ensure(dir: &Path, hosts: &[String], validity_years: u32) -> Result<GeneratedPair, TlsError> {
+pub fn ensure(
+    dir: &Path,
+    hosts: &[String],
+    validity_years: u32,
+) -> Result<GeneratedPair, TlsError> {
     let pair = GeneratedPair {
         cert: dir.join("cert.pem"),
         key: dir.join("key.pem"),
@@ -131,7 +135,11 @@ mod tests {
         assert_eq!(mode & 0o777, 0o600);
         let cert = std::fs::read(&first.cert).unwrap();
         let again = ensure(&side, &["10.0.0.1".into()], 1).unwrap();
-        assert_eq!(std::fs::read(&again.cert).unwrap(), cert, "reused, not regenerated");
+        assert_eq!(
+            std::fs::read(&again.cert).unwrap(),
+            cert,
+            "reused, not regenerated"
+        );
         let chain = super::super::key_files::certificates(&first.cert).unwrap();
         let key = super::super::key_files::private_key(&first.key).unwrap();
         let provider = rustls::crypto::ring::default_provider();

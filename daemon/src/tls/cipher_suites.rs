@@ -119,8 +119,9 @@ mod tests {
 
     #[test]
     fn go_names_map_to_rustls_suites() {
-        let s = parse("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305")
-            .unwrap();
+        let s =
+            parse("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305")
+                .unwrap();
         assert_eq!(
             s.tls12.unwrap(),
             vec![
@@ -137,8 +138,13 @@ mod tests {
             parse("TLS_BOGUS").unwrap_err().to_string(),
             "unexpected TLS cipher suite \"TLS_BOGUS\""
         );
-        let e = parse("TLS_RSA_WITH_AES_128_CBC_SHA").unwrap_err().to_string();
-        assert!(e.starts_with("TLS cipher suite \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not supported"), "{e}");
+        let e = parse("TLS_RSA_WITH_AES_128_CBC_SHA")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("TLS cipher suite \"TLS_RSA_WITH_AES_128_CBC_SHA\" is not supported"),
+            "{e}"
+        );
     }
 
     #[test]

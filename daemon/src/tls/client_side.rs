@@ -30,7 +30,11 @@ pub fn server_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
         if tls.auto_tls {
             tracing::warn!("ignoring client auto TLS since certs given");
         }
-        (tls.cert_file.clone().into(), tls.key_file.clone().into(), false)
+        (
+            tls.cert_file.clone().into(),
+            tls.key_file.clone().into(),
+            false,
+        )
     } else {
         let pair = auto_tls::ensure(
             &cfg.data_dir.join("fixtures/client"),
@@ -41,11 +45,10 @@ pub fn server_config(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, 
     };
     let key_pair = key_files::ReloadingKeyPair::open(&cert, &key, provider.clone())?;
 
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&cipher_suites::versions(
-            &cfg.tls_min_version,
-            &cfg.tls_max_version,
-        ))?;
+    let builder =
+        rustls::ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(
+            &cipher_suites::versions(&cfg.tls_min_version, &cfg.tls_max_version),
+        )?;
     // As in etcd, a trusted CA alone already demands verified client certificates.
     let verify_clients = !generated && (tls.client_cert_auth || !tls.trusted_ca_file.is_empty());
     let mut config = if verify_clients {

@@ -137,6 +137,59 @@ impl ClientCertVerifier for RestrictedClientVerifier {
     }
 }
 
+/// The dialling side's twin of [`RestrictedClientVerifier`]. A peer connection carries
+/// Raft traffic both ways, so a member must not accept, as the server it dialled, a
+/// peer it would refuse as a client.
+#[derive(Debug)]
+pub struct RestrictedServerVerifier {
+    pub inner: Arc<dyn ServerCertVerifier>,
+    pub allowed: AllowedIdentity,
+}
+
+impl ServerCertVerifier for RestrictedServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified =
+            self.inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)?;
+        if !self.allowed.admits(end_entity) {
+            return Err(rustls::Error::General(format!(
+                "peer certificate authentication failed (CN {:?} not allowed)",
+                common_name(end_entity).unwrap_or_default()
+            )));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// etcd's §6.4 check of a peer's client certificate against the address it connects
 /// from. A certificate without SANs passes; one with IP SANs passes when the address is
 /// among them; DNS SANs pass when a (non-wildcard) name resolves to the address.
@@ -270,16 +323,32 @@ mod tests {
     #[tokio::test]
     async fn peer_address_must_be_covered_by_the_sans() {
         let ip_only = cert("m", &["10.0.1.10"]);
-        assert!(check_peer_address(&ip_only, "10.0.1.10".parse().unwrap()).await.is_ok());
+        assert!(
+            check_peer_address(&ip_only, "10.0.1.10".parse().unwrap())
+                .await
+                .is_ok()
+        );
         assert_eq!(
-            check_peer_address(&ip_only, "10.0.1.2".parse().unwrap()).await.unwrap_err(),
+            check_peer_address(&ip_only, "10.0.1.2".parse().unwrap())
+                .await
+                .unwrap_err(),
             "x509: certificate is valid for 10.0.1.10, not 10.0.1.2"
         );
         let none = cert("m", &[]);
-        assert!(check_peer_address(&none, "10.0.1.2".parse().unwrap()).await.is_ok());
+        assert!(
+            check_peer_address(&none, "10.0.1.2".parse().unwrap())
+                .await
+                .is_ok()
+        );
         let named = cert("m", &["localhost"]);
-        assert!(check_peer_address(&named, "127.0.0.1".parse().unwrap()).await.is_ok());
-        let e = check_peer_address(&named, "10.0.1.2".parse().unwrap()).await.unwrap_err();
+        assert!(
+            check_peer_address(&named, "127.0.0.1".parse().unwrap())
+                .await
+                .is_ok()
+        );
+        let e = check_peer_address(&named, "10.0.1.2".parse().unwrap())
+            .await
+            .unwrap_err();
         assert!(e.contains("does not match any of DNSNames"), "{e}");
     }
 }

@@ -67,7 +67,9 @@ pub fn trust_anchors(path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
 
 /// Revocation lists from a file holding PEM `X509 CRL` blocks or one DER CRL (etcd 3.6
 /// reads DER, 3.5 also PEM; both are accepted).
-pub fn revocation_lists(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+pub fn revocation_lists(
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.display().to_string(),
         source,

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::identity::{AllowedIdentity, AnyServerCertificate};
+use super::identity::{AllowedIdentity, AnyServerCertificate, RestrictedServerVerifier};
 use super::{TlsError, auto_tls, cipher_suites, key_files};
 use crate::config::Config;
 
@@ -105,8 +105,10 @@ pub fn configs(cfg: &Config) -> Result<PeerTls, TlsError> {
     let server = server
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(server_key);
-    let mut verifier =
-        WebPkiServerVerifier::builder_with_provider(key_files::trust_anchors(ca)?, provider.clone());
+    let mut verifier = WebPkiServerVerifier::builder_with_provider(
+        key_files::trust_anchors(ca)?,
+        provider.clone(),
+    );
     if !tls.crl_file.is_empty() {
         verifier = verifier.with_crls(key_files::revocation_lists(Path::new(&tls.crl_file))?);
     }
@@ -115,7 +117,11 @@ pub fn configs(cfg: &Config) -> Result<PeerTls, TlsError> {
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let client = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)?
-        .with_webpki_verifier(verifier)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(RestrictedServerVerifier {
+            inner: verifier,
+            allowed: AllowedIdentity::from_flags(&tls.allowed_cn, &tls.allowed_hostname),
+        }))
         .with_client_cert_resolver(client_key);
     Ok(PeerTls {
         server,

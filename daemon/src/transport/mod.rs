@@ -70,6 +70,8 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// Where incoming snapshots are written before the node installs them.
     snapshot_dir: std::path::PathBuf,
+    /// Whether a connecting peer's certificate must cover its address (etcd §6.4).
+    check_peer_address: bool,
     /// Set once peers have kept refusing us as a removed member (see `dial_loop`).
     removed_from_cluster: watch::Sender<bool>,
 }
@@ -96,9 +98,11 @@ impl PeerTransport {
         cluster_id: u64,
         election_timeout: Duration,
         snapshot_dir: std::path::PathBuf,
+        tls: crate::tls::peer_side::PeerTls,
     ) -> Result<Self, TransportError> {
-        let server = quic_config::insecure_server(election_timeout)?;
-        let client_config = quic_config::insecure_client(election_timeout)?;
+        let check_peer_address = tls.check_peer_address;
+        let server = quic_config::server(tls.server, election_timeout)?;
+        let client_config = quic_config::client(tls.client, election_timeout)?;
         let mut endpoints = Vec::new();
         for addr in listen {
             let ep = quinn::Endpoint::server(server.clone(), *addr).map_err(|source| {
@@ -119,6 +123,7 @@ impl PeerTransport {
             links: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             snapshot_dir,
+            check_peer_address,
             removed_from_cluster: watch::channel(false).0,
         });
         for ep in &inner.endpoints {
@@ -296,10 +301,27 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!(%remote, error = %e, "peer connection failed");
+                    // A refused certificate ends here; say who and why, as etcd does.
+                    tracing::warn!(
+                        "rejected connection from {:?} (error {:?})",
+                        remote.to_string(),
+                        e.to_string()
+                    );
                     return;
                 }
             };
+            if inner.check_peer_address
+                && let Some(leaf) = peer_leaf_certificate(&conn)
+                && let Err(e) = crate::tls::identity::check_peer_address(&leaf, remote.ip()).await
+            {
+                tracing::warn!(
+                    "rejected connection from {:?} (error {:?})",
+                    remote.to_string(),
+                    e
+                );
+                conn.close(2u32.into(), b"certificate does not cover the peer address");
+                return;
+            }
             let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                 return;
             };
@@ -369,6 +391,7 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
 async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
     let mut backoff = BACKOFF_MIN;
     let mut last_refusal = None;
+    let mut last_tls_error: Option<String> = None;
     let mut removed_since: Option<std::time::Instant> = None;
     let mut conns = link.conn.subscribe();
     while !link.removed.load(Ordering::Acquire) {
@@ -427,7 +450,15 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
                 backoff = BACKOFF_MAX;
             }
             Err(DialError::Unreachable(e)) => {
-                tracing::debug!(peer = %hex(link.peer), error = %e, "cannot reach peer");
+                // Certificate trouble will not fix itself: tell the operator, once per
+                // distinct error. Plain unreachability is normal while a peer is down.
+                let tls_trouble = e.contains("certificate") || e.contains("TLS");
+                if tls_trouble && last_tls_error.as_deref() != Some(e.as_str()) {
+                    tracing::warn!(peer = %hex(link.peer), error = %e, "cannot establish a trusted connection to peer");
+                    last_tls_error = Some(e);
+                } else {
+                    tracing::debug!(peer = %hex(link.peer), error = %e, "cannot reach peer");
+                }
             }
         }
         tokio::time::sleep(backoff).await;
@@ -438,6 +469,29 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
 enum DialError {
     Unreachable(String),
     Refused(Verdict),
+}
+
+/// The name a dialled peer's certificate must be valid for: its URL's host.
+fn server_name(url: &str) -> String {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(h) => h.to_string(),
+        None => crate::tls::peer_side::FALLBACK_SERVER_NAME.to_string(),
+    }
+}
+
+/// The certificate a connected peer presented, if it presented one.
+fn peer_leaf_certificate(
+    conn: &quinn::Connection,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().cloned()
 }
 
 async fn dial_once(inner: &Arc<Inner>, peer: u64) -> Result<quinn::Connection, DialError> {
@@ -472,7 +526,7 @@ async fn dial_once(inner: &Arc<Inner>, peer: u64) -> Result<quinn::Connection, D
             }
         };
         let connecting = endpoint
-            .connect_with(inner.client_config.clone(), addr, quic_config::SERVER_NAME)
+            .connect_with(inner.client_config.clone(), addr, &server_name(&url))
             .map_err(|e| DialError::Unreachable(e.to_string()))?;
         let conn = match tokio::time::timeout(Duration::from_secs(2), connecting).await {
             Ok(Ok(c)) => c,

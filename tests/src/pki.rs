@@ -1,0 +1,119 @@
+//! Certificate authorities and certificates made for a test, written as PEM files.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use time::{Duration, OffsetDateTime};
+
+/// A CA whose certificate is at `cert`.
+pub struct Ca {
+    pub cert: PathBuf,
+    issuer: Issuer<'static, KeyPair>,
+    dir: PathBuf,
+}
+
+/// A certificate and its key on disk.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What a leaf is for, and for how long.
+pub struct LeafSpec<'a> {
+    pub name: &'a str,
+    pub sans: Vec<String>,
+    pub server: bool,
+    pub client: bool,
+    /// Validity relative to now, in days (negative end: already expired).
+    pub valid_from_days: i64,
+    pub valid_until_days: i64,
+}
+
+impl<'a> LeafSpec<'a> {
+    /// A certificate usable as server and client (what members use), valid for a year.
+    pub fn member(name: &'a str, sans: &[&str]) -> Self {
+        LeafSpec {
+            name,
+            sans: sans.iter().map(|s| s.to_string()).collect(),
+            server: true,
+            client: true,
+            valid_from_days: -1,
+            valid_until_days: 365,
+        }
+    }
+
+    /// A client-only certificate.
+    pub fn client(name: &'a str) -> Self {
+        LeafSpec {
+            name,
+            sans: Vec::new(),
+            server: false,
+            client: true,
+            valid_from_days: -1,
+            valid_until_days: 365,
+        }
+    }
+}
+
+impl Ca {
+    /// A new CA named `name`, its files under `dir`.
+    pub fn new(dir: &Path, name: &str) -> Ca {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = OffsetDateTime::now_utc() - Duration::days(1);
+        params.not_after = OffsetDateTime::now_utc() + Duration::days(3650);
+        let key = KeyPair::generate().expect("ca key");
+        let cert = params.self_signed(&key).expect("ca cert");
+        let path = dir.join(format!("{name}.crt"));
+        std::fs::write(&path, cert.pem()).expect("write ca");
+        Ca {
+            cert: path,
+            issuer: Issuer::new(params, key),
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Issues a leaf; files `<file_stem>.crt` / `.key` (0600) in the CA's directory.
+    pub fn issue(&self, file_stem: &str, spec: &LeafSpec<'_>) -> Leaf {
+        let mut params = CertificateParams::new(spec.sans.clone()).expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, spec.name);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        if spec.server {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        if spec.client {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + Duration::days(spec.valid_from_days);
+        params.not_after = now + Duration::days(spec.valid_until_days);
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        let leaf = Leaf {
+            cert: self.dir.join(format!("{file_stem}.crt")),
+            key: self.dir.join(format!("{file_stem}.key")),
+        };
+        std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
+        std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600))
+            .expect("key mode");
+        std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
+        leaf
+    }
+}
