@@ -198,7 +198,9 @@ pub fn etcdctl_env(inv: &Inventory) -> String {
         ),
         TlsMode::Auto => s.push_str(
             "# Auto TLS: every member signs its own certificate, so there is nothing to verify\n\
-             # it against. Traffic is encrypted, the server is not authenticated.\n\
+             # it against. Traffic is encrypted, the server is not authenticated. etcdctl 3.4\n\
+             # only speaks TLS without a CA file when told not to use plain transport.\n\
+             export ETCDCTL_INSECURE_TRANSPORT=false\n\
              export ETCDCTL_INSECURE_SKIP_TLS_VERIFY=true\n",
         ),
     }

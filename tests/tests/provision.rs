@@ -534,7 +534,7 @@ fn cluster_from_bundles(inventory: &Path, scheme: &str) {
         let got = etcdctl(&hosts, i, &out, "get provisioned --print-value-only");
         assert_eq!(got.stdout.trim(), "yes", "from infra{i}: {}", got.stderr);
     }
-    if scheme == "https" {
+    if env.contains("ETCD_CLIENT_CERT_AUTH=true") {
         // Client-certificate authentication is on: the CA alone does not get in.
         let anonymous = etcdctl_after(
             &hosts,
@@ -562,6 +562,17 @@ fn a_plain_http_cluster_starts_from_rendered_bundles() {
     let inventory = dir.path().join("inventory.toml");
     std::fs::write(&inventory, text).unwrap();
     cluster_from_bundles(&inventory, "http");
+}
+
+#[test]
+fn an_auto_tls_cluster_starts_from_rendered_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example())
+        .unwrap()
+        .replace("tls = \"self-signed\"", "tls = \"auto\"");
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(&inventory, text).unwrap();
+    cluster_from_bundles(&inventory, "https");
 }
 
 #[test]
