@@ -445,6 +445,13 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
                     ),
                 );
                 None
+            } else if let Some(why) = hidden_from_service(p) {
+                c.error(
+                    &d.span(),
+                    "cluster.data_dir",
+                    format!("{:?} {why}", d.get_ref()),
+                );
+                None
             } else {
                 Some(p.to_path_buf())
             }
@@ -653,6 +660,24 @@ fn check_address(v: &str) -> Result<IpAddr, String> {
         )),
         Err(_) => Err(format!("{v:?} is not an IP address")),
     }
+}
+
+/// Why qetcd.service's sandbox would lose or hide a data dir at `p`, if it would.
+fn hidden_from_service(p: &Path) -> Option<&'static str> {
+    if ["/tmp", "/var/tmp"].iter().any(|t| p.starts_with(t)) {
+        return Some(
+            "is inside a temporary directory: qetcd.service has PrivateTmp=yes, so the data would vanish when the service stops",
+        );
+    }
+    if ["/home", "/root", "/run/user"]
+        .iter()
+        .any(|h| p.starts_with(h))
+    {
+        return Some(
+            "is inside a home directory, which qetcd.service cannot see (ProtectHome=yes)",
+        );
+    }
+    None
 }
 
 fn is_simple_name(s: &str) -> bool {

@@ -235,6 +235,20 @@ fn members_and_data_dir() {
         error(&edit(4, "tls = \"none\"\ndata_dir = \"var/lib/qetcd\"")),
         "inv.toml:5: cluster.data_dir: \"var/lib/qetcd\" must be an absolute directory path other than / (letters, digits and . _ - / only)"
     );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\ndata_dir = \"/tmp/qetcd\"")),
+        "inv.toml:5: cluster.data_dir: \"/tmp/qetcd\" is inside a temporary directory: qetcd.service has PrivateTmp=yes, so the data would vanish when the service stops"
+    );
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\ndata_dir = \"/home/etcd\"")),
+        "inv.toml:5: cluster.data_dir: \"/home/etcd\" is inside a home directory, which qetcd.service cannot see (ProtectHome=yes)"
+    );
+    let inv = Inventory::parse(
+        "inv.toml",
+        &edit(4, "tls = \"none\"\ndata_dir = \"/srv/etcd\""),
+    )
+    .unwrap();
+    assert_eq!(inv.data_dir, Path::new("/srv/etcd"));
     assert_eq!(error(&edit(7, "")), "inv.toml:6: member[0].name: missing");
 }
 
