@@ -41,31 +41,53 @@ pub struct ConfChangeEntry {
     pub change: ConfChangeV2,
 }
 
-/// How many log entries a request ID is remembered for. Retries happen within a
-/// request timeout, which is far fewer entries than this at any realistic rate.
-const REMEMBER_REQUESTS_FOR: u64 = 100_000;
+/// Log entries per generation of remembered request IDs: an ID is remembered for at
+/// least this many entries and at most twice as many. Retries happen within a request
+/// timeout, which is far fewer entries than this at any realistic rate.
+const REQUEST_ID_GENERATION: u64 = 100_000;
+
+const REMEMBER_IN: [&str; 2] = [
+    "INSERT OR IGNORE INTO applied_requests_0 (origin, id) VALUES (?1, ?2)",
+    "INSERT OR IGNORE INTO applied_requests_1 (origin, id) VALUES (?1, ?2)",
+];
+const SEEN_IN: [&str; 2] = [
+    "SELECT 1 FROM applied_requests_0 WHERE origin = ?1 AND id = ?2",
+    "SELECT 1 FROM applied_requests_1 WHERE origin = ?1 AND id = ?2",
+];
+const FORGET: [&str; 2] = [
+    "DELETE FROM applied_requests_0",
+    "DELETE FROM applied_requests_1",
+];
+
+fn generation(index: u64) -> usize {
+    ((index / REQUEST_ID_GENERATION) % 2) as usize
+}
 
 /// Whether this is the first time the request's ID is applied; records it if so.
-/// Forgetting old IDs is keyed to the log index, so every member forgets alike.
 fn first_application(
     conn: &Connection,
     req: &RaftRequest,
     index: u64,
 ) -> Result<bool, StorageError> {
-    let inserted = conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO applied_requests (origin, id, idx) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(rusqlite::params![
-            req.origin as i64,
-            req.id as i64,
-            index as i64
-        ])?;
-    if index.is_multiple_of(1024) && index > REMEMBER_REQUESTS_FOR {
-        conn.prepare_cached("DELETE FROM applied_requests WHERE idx < ?1")?
-            .execute(rusqlite::params![(index - REMEMBER_REQUESTS_FOR) as i64])?;
+    let current = generation(index);
+    let key = rusqlite::params![req.origin as i64, req.id as i64];
+    let seen_before = conn.prepare_cached(SEEN_IN[1 - current])?.exists(key)?;
+    if seen_before {
+        return Ok(false);
     }
+    let inserted = conn.prepare_cached(REMEMBER_IN[current])?.execute(key)?;
     Ok(inserted == 1)
+}
+
+/// Entering a new generation of log indexes: forget the IDs of the one before last.
+/// Decided by log index alone, for every kind of entry, so that every member (and one
+/// that restarts or installs a snapshot) forgets at the same entry.
+fn enter_generation(conn: &Connection, previous: u64, index: u64) -> Result<(), StorageError> {
+    if previous / REQUEST_ID_GENERATION != index / REQUEST_ID_GENERATION {
+        conn.prepare_cached(FORGET[generation(index)])?
+            .execute([])?;
+    }
+    Ok(())
 }
 
 pub struct StateMachine {
@@ -108,6 +130,7 @@ impl StateMachine {
         if entry.index <= self.applied_index {
             return Ok(None);
         }
+        enter_generation(conn, self.applied_index, entry.index)?;
         let conf_change = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => None, // a new leader's no-op
             EntryType::EntryNormal => {
@@ -295,5 +318,28 @@ mod tests {
         assert_eq!(sm.revisions().current, 3, "two puts, not three");
         assert_eq!(done.iter().map(|c| c.id).collect::<Vec<_>>(), [100, 101]);
         assert_eq!(sm.applied_index(), 3);
+    }
+
+    #[test]
+    fn request_ids_are_remembered_for_one_to_two_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
+        let mut sm = StateMachine::load(&conn, 7).unwrap();
+        let mut done = Vec::new();
+        let g = REQUEST_ID_GENERATION;
+        sm.apply(&conn, &entry(g - 1, 200, "a"), &mut done).unwrap();
+        // Next generation: still remembered, in the other table.
+        sm.apply(&conn, &entry(g + 5, 200, "a"), &mut done).unwrap();
+        sm.apply(&conn, &entry(g + 6, 300, "b"), &mut done).unwrap();
+        assert_eq!(done.iter().map(|c| c.id).collect::<Vec<_>>(), [200, 300]);
+        // Two generations on, the first is forgotten; the second is not.
+        sm.apply(&conn, &entry(2 * g + 1, 200, "a"), &mut done)
+            .unwrap();
+        sm.apply(&conn, &entry(2 * g + 2, 300, "b"), &mut done)
+            .unwrap();
+        assert_eq!(
+            done.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [200, 300, 200]
+        );
     }
 }

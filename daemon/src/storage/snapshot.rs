@@ -17,7 +17,8 @@ const REPLICATED_TABLES: &[&str] = &[
     "kv_history",
     "leases",
     "members",
-    "applied_requests",
+    "applied_requests_0",
+    "applied_requests_1",
 ];
 
 /// Where snapshot files of the database at `db_path` are kept.
