@@ -228,26 +228,39 @@ fn running_as_root() -> bool {
 }
 
 /// Writes `plan` under `out`, touching only what differs. With `dry_run`, reports
-/// the same changes and writes nothing.
+/// the same changes and writes nothing. Files meant for the service group get it when
+/// this machine has that group and we are root; otherwise the report says so.
 pub fn apply(out: &Path, plan: &Plan, dry_run: bool) -> Result<Report, BundleError> {
-    let mut report = Report::default();
-    let gid = match (service_gid(), running_as_root()) {
-        (Some(g), true) => Some(g),
-        (None, _) => {
-            report.owner_note = Some(format!(
+    let (gid, note) = match (service_gid(), running_as_root()) {
+        (Some(g), true) => (Some(g), None),
+        (None, _) => (
+            None,
+            Some(format!(
                 "group {SERVICE_GROUP:?} does not exist on this machine: modes are set, owners are not; {} lists the intended owners",
                 layout::MANIFEST
-            ));
-            None
-        }
-        (Some(_), false) => {
-            report.owner_note = Some(format!(
+            )),
+        ),
+        (Some(_), false) => (
+            None,
+            Some(format!(
                 "not running as root: modes are set, owners are not; {} lists the intended owners",
                 layout::MANIFEST
-            ));
-            None
-        }
+            )),
+        ),
     };
+    let mut report = apply_with_group(out, plan, dry_run, gid)?;
+    report.owner_note = report.owner_note.or(note);
+    Ok(report)
+}
+
+/// [`apply`], giving service-group entries to root:`gid` when `gid` is given.
+pub fn apply_with_group(
+    out: &Path,
+    plan: &Plan,
+    dry_run: bool,
+    gid: Option<u32>,
+) -> Result<Report, BundleError> {
+    let mut report = Report::default();
     let mut chown_ok = true;
     if !dry_run {
         std::fs::create_dir_all(out).map_err(io(out))?;
@@ -406,6 +419,41 @@ mod tests {
         assert_eq!(second.unchanged, p.entries.len());
         assert_eq!(second.created_dirs, 0);
         assert_eq!(before, mtimes(dir.path(), &p));
+    }
+
+    #[test]
+    fn service_group_files_get_the_group_and_keep_it() {
+        if !running_as_root() {
+            eprintln!("SKIPPED: giving files away needs root");
+            return;
+        }
+        // Any gid does for chown as root; one that is surely not ours.
+        let gid = 54_321;
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan();
+        apply_with_group(dir.path(), &p, false, Some(gid)).unwrap();
+        let key = dir.path().join("h/etc/qetcd/pki/x.key");
+        let env = dir.path().join("h/etc/qetcd/qetcd.env");
+        let meta = |p: &Path| std::fs::metadata(p).unwrap();
+        assert_eq!((meta(&key).uid(), meta(&key).gid()), (0, gid));
+        assert_eq!(meta(&dir.path().join("h/etc/qetcd/pki")).gid(), gid);
+        assert_ne!(meta(&env).gid(), gid);
+        assert!(
+            apply_with_group(dir.path(), &p, false, Some(gid))
+                .unwrap()
+                .changes
+                .is_empty()
+        );
+        // A copy that lost its group is repaired without rewriting the file.
+        std::os::unix::fs::chown(&key, Some(0), Some(0)).unwrap();
+        let mtime = (meta(&key).mtime(), meta(&key).mtime_nsec());
+        let r = apply_with_group(dir.path(), &p, false, Some(gid)).unwrap();
+        assert_eq!(
+            r.changes,
+            [(PathBuf::from("h/etc/qetcd/pki/x.key"), Change::Permissions)]
+        );
+        assert_eq!(meta(&key).gid(), gid);
+        assert_eq!((meta(&key).mtime(), meta(&key).mtime_nsec()), mtime);
     }
 
     #[test]
