@@ -3,9 +3,13 @@
 //! Raft reads through the trait (`&self`, from the Raft thread only); writes go through
 //! a [`LogBatch`], one per `Ready`, which is also the transaction the state machine
 //! applies committed entries in. The bounds of the log are cached in memory so that the
-//! hot queries (`first_index`, `last_index`, the term at the edges) cost no SQL.
+//! hot queries (`first_index`, `last_index`, the term at the edges) cost no SQL, and
+//! so are the most recent entries: Raft reads an entry back soon after appending it
+//! (to apply it once committed, to send it to a follower that was a little behind),
+//! and serving those from memory spares a query and a protobuf decode per entry.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
@@ -43,7 +47,14 @@ pub struct RaftLog {
     bounds: Cell<Bounds>,
     raft_state: RefCell<RaftState>,
     synchronous_full: Cell<bool>,
+    /// The last appended entries, contiguous and ending at the log's last index (or
+    /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
+    recent: RefCell<VecDeque<Entry>>,
 }
+
+/// How many of the latest entries [`RaftLog`] keeps in memory. A few thousand covers
+/// what is in flight between append and apply under heavy load.
+const RECENT_ENTRIES: usize = 4096;
 
 impl RaftLog {
     /// Loads the log state from the writing connection of a state database.
@@ -88,7 +99,29 @@ impl RaftLog {
                 conf_state,
             }),
             synchronous_full: Cell::new(true),
+            recent: RefCell::new(VecDeque::new()),
         })
+    }
+
+    /// Entries `low..high` from memory, if all of them are there.
+    fn recent_entries(&self, low: u64, high: u64, max_size: u64) -> Option<Vec<Entry>> {
+        let recent = self.recent.borrow();
+        let first = recent.front()?.index;
+        let last = recent.back()?.index;
+        if low < first || high > last + 1 || low >= high {
+            return None;
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        for e in recent.range((low - first) as usize..(high - first) as usize) {
+            // Same size rule as the SQL path (raft::util::limit_size).
+            size += u64::from(e.compute_size());
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e.clone());
+        }
+        Some(out)
     }
 
     /// The writing connection, for reads outside a batch (start-up, status).
@@ -119,6 +152,8 @@ impl RaftLog {
             bounds: self.bounds.get(),
             hard_state: None,
             conf_state: None,
+            appended: Vec::new(),
+            reshaped: false,
         })
     }
 
@@ -140,6 +175,10 @@ pub struct LogBatch<'a> {
     bounds: Bounds,
     hard_state: Option<HardState>,
     conf_state: Option<ConfState>,
+    /// Entries appended in this batch, for the in-memory tail once committed.
+    appended: Vec<Entry>,
+    /// Whether the log was compacted or reset, which the tail must follow.
+    reshaped: bool,
 }
 
 impl LogBatch<'_> {
@@ -181,6 +220,9 @@ impl LogBatch<'_> {
                 .map_err(|err| StorageError::Corrupt(format!("encode entry: {err}")))?;
             insert.execute(params![e.index as i64, e.term as i64, &buf])?;
         }
+        // A second append in one batch overwrites from its first index too.
+        self.appended.retain(|e| e.index < first.index);
+        self.appended.extend_from_slice(entries);
         let last = entries.last().expect("entries is not empty");
         self.bounds.last_index = last.index;
         self.bounds.last_term = last.term;
@@ -245,6 +287,7 @@ impl LogBatch<'_> {
             .execute(params![compact_index as i64])?;
         Meta::TruncatedIndex.set_u64(&self.tx, new_truncated)?;
         Meta::TruncatedTerm.set_u64(&self.tx, term)?;
+        self.reshaped = true;
         self.bounds.truncated_index = new_truncated;
         self.bounds.truncated_term = term;
         Ok(())
@@ -259,6 +302,8 @@ impl LogBatch<'_> {
         cs: &ConfState,
     ) -> Result<(), StorageError> {
         self.tx.execute("DELETE FROM raft_log", [])?;
+        self.appended.clear();
+        self.reshaped = true;
         Meta::TruncatedIndex.set_u64(&self.tx, index)?;
         Meta::TruncatedTerm.set_u64(&self.tx, term)?;
         self.bounds = Bounds {
@@ -285,9 +330,37 @@ impl LogBatch<'_> {
             bounds,
             hard_state,
             conf_state,
+            appended,
+            reshaped,
         } = self;
         tx.commit()?;
         log.bounds.set(bounds);
+        let mut recent = log.recent.borrow_mut();
+        if let Some(first) = appended.first() {
+            while recent.back().is_some_and(|e| e.index >= first.index) {
+                recent.pop_back();
+            }
+            if recent.back().is_some_and(|e| e.index + 1 != first.index) {
+                recent.clear();
+            }
+            recent.extend(appended);
+        }
+        if reshaped {
+            // Keep only what the table still holds.
+            while recent
+                .front()
+                .is_some_and(|e| e.index <= bounds.truncated_index)
+            {
+                recent.pop_front();
+            }
+            if recent.back().is_some_and(|e| e.index != bounds.last_index) {
+                recent.clear();
+            }
+        }
+        while recent.len() > RECENT_ENTRIES {
+            recent.pop_front();
+        }
+        drop(recent);
         let mut rs = log.raft_state.borrow_mut();
         if let Some(hs) = hard_state {
             rs.hard_state = hs;
@@ -323,6 +396,9 @@ impl Storage for RaftLog {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
         let max_size = max_size.into().unwrap_or(u64::MAX);
+        if let Some(entries) = self.recent_entries(low, high, max_size) {
+            return Ok(entries);
+        }
         let read = || -> Result<Vec<Entry>, StorageError> {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT entry FROM raft_log WHERE idx >= ?1 AND idx < ?2 ORDER BY idx",
@@ -366,6 +442,15 @@ impl Storage for RaftLog {
         }
         if idx == bounds.last_index {
             return Ok(bounds.last_term);
+        }
+        {
+            let recent = self.recent.borrow();
+            if let Some(first) = recent.front().map(|e| e.index)
+                && idx >= first
+                && let Some(e) = recent.get((idx - first) as usize)
+            {
+                return Ok(e.term);
+            }
         }
         self.entry_term(idx).map_err(storage_err)
     }
