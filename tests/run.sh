@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: etcdctl (the client under test), Debian's etcd (the
 # behavioural reference), protoc and the well-known .proto files (the etcd-client
-# crate's build needs both), openssl (reads the certificates provision renders).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl)
+# crate's build needs both), openssl (reads the certificates provision renders),
+# debootstrap and systemd-container (the systemd test boots the .deb in containers;
+# installing systemd-container also upgrades the host's systemd packages to match).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -17,7 +19,12 @@ if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     # etcd-server's postinst tries to start etcd through systemd; there may be no systemd.
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # An unpack has been seen to fail on a busy machine: repair and retry once.
+    install=(apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}")
+    "${install[@]}" >/dev/null || {
+        apt-get -o DPkg::Lock::Timeout=600 --fix-broken install -y -qq >/dev/null
+        "${install[@]}" >/dev/null
+    }
 fi
 export CARGO_INCREMENTAL=0
 export CARGO_TERM_COLOR=never
@@ -28,5 +35,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo build (the binaries the process-level tests run)"
 cargo build --workspace --bins
+if [[ ${QETCD_SKIP_SYSTEMD:-} != 1 ]]; then
+    # A release build, only because the systemd test installs the real .deb.
+    echo "== packaging/build-debs.sh (the .deb the systemd test installs)"
+    packaging/build-debs.sh
+fi
 echo "== cargo test"
 cargo test --workspace "$@"
