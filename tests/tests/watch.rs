@@ -1,0 +1,328 @@
+//! Watch (issue 5): etcdctl's watch against a concurrent writer, history replay,
+//! compaction, and a watcher that follows the writes across a leader's `kill -9`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use qetcd_tests::{Binary, Cluster, Member, MemberSpec, wait_until};
+
+/// `etcdctl watch ... -w json` in the background; its responses, one JSON per line.
+struct WatchProcess {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl WatchProcess {
+    fn start(endpoints: &str, args: &[&str]) -> WatchProcess {
+        let mut child = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg("--endpoints")
+            .arg(endpoints)
+            .arg("watch")
+            .args(args)
+            .args(["-w", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("etcdctl runs");
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        WatchProcess {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                self.seen.push(v);
+            }
+        }
+    }
+
+    /// (type, key, value, mod_revision, prev value) of every event so far.
+    fn events(&mut self) -> Vec<(String, String, String, i64, Option<String>)> {
+        self.drain();
+        let mut out = Vec::new();
+        for resp in &self.seen {
+            for e in resp["Events"].as_array().into_iter().flatten() {
+                let kv = &e["kv"];
+                let text = |v: &serde_json::Value| {
+                    v.as_str()
+                        .map(|s| String::from_utf8(b64(s)).unwrap())
+                        .unwrap_or_default()
+                };
+                out.push((
+                    if e["type"].as_i64() == Some(1) || e["type"] == "DELETE" {
+                        "DELETE".to_string()
+                    } else {
+                        "PUT".to_string()
+                    },
+                    text(&kv["key"]),
+                    text(&kv["value"]),
+                    kv["mod_revision"].as_i64().unwrap_or(0),
+                    e.get("prev_kv").map(|p| text(&p["value"])),
+                ));
+            }
+        }
+        out
+    }
+
+    fn wait_for_events(&mut self, n: usize) -> Vec<(String, String, String, i64, Option<String>)> {
+        let r = wait_until(
+            "the watcher to see the events",
+            Duration::from_secs(30),
+            || {
+                let ev = self.events();
+                (ev.len() >= n).then_some(ev)
+            },
+        );
+        r.unwrap_or_else(|e| panic!("{e}: saw {:?}", self.events()))
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WatchProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Standard base64 (etcdctl's JSON output encodes bytes that way).
+fn b64(s: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        bits = bits << 6 | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    out
+}
+
+#[test]
+fn etcdctl_watch_sees_exactly_a_concurrent_writers_events() {
+    let m = Member::start(Binary::Qetcd, MemberSpec::new("watched"));
+    let ctl = m.etcdctl();
+    ctl.run(&["put", "w/old", "before"]).ok();
+    let mut prefix = WatchProcess::start(&m.client_url(), &["--prefix", "w/", "--prev-kv"]);
+    let mut single = WatchProcess::start(&m.client_url(), &["w/k3"]);
+    // The watch is established once it answers: a put it sees proves it.
+    wait_until("the watchers to start", Duration::from_secs(10), || {
+        ctl.run(&["put", "w/k3", "first"]).ok();
+        (!prefix.events().is_empty() && !single.events().is_empty()).then_some(())
+    })
+    .unwrap();
+
+    let writer = {
+        let ctl = ctl.clone();
+        std::thread::spawn(move || {
+            for i in 0..20 {
+                ctl.run(&["put", &format!("w/k{}", i % 5), &format!("v{i}")])
+                    .ok();
+                if i % 7 == 6 {
+                    ctl.run(&["del", &format!("w/k{}", i % 5)]).ok();
+                }
+            }
+            ctl.run(&["put", "other/k", "not watched"]).ok();
+        })
+    };
+    writer.join().unwrap();
+    let history = ctl.run(&["get", "w/", "--prefix", "-w", "json"]).json();
+    let last_rev = history["header"]["revision"].as_i64().unwrap() - 1; // minus other/k
+
+    let seen = prefix.wait_for_events(1);
+    let first_rev = seen[0].3;
+    let expected_count = (last_rev - first_rev + 1) as usize;
+    let seen = prefix.wait_for_events(expected_count);
+    let revisions: Vec<i64> = seen.iter().map(|e| e.3).collect();
+    let expected: Vec<i64> = (first_rev..=last_rev).collect();
+    assert_eq!(
+        revisions, expected,
+        "every revision once, in order: {seen:?}"
+    );
+    assert!(seen.iter().all(|e| e.1.starts_with("w/")), "{seen:?}");
+    assert_eq!(
+        seen.iter().filter(|e| e.0 == "DELETE").count(),
+        2,
+        "{seen:?}"
+    );
+    // prev_kv: the put of v5 to w/k0 replaced v0.
+    let v5 = seen.iter().find(|e| e.2 == "v5").unwrap();
+    assert_eq!(v5.4.as_deref(), Some("v0"), "{v5:?}");
+
+    let single_events = single.events();
+    assert!(
+        single_events.iter().all(|e| e.1 == "w/k3"),
+        "{single_events:?}"
+    );
+    let writer_values: Vec<&str> = single_events
+        .iter()
+        .filter(|e| e.2.starts_with('v'))
+        .map(|e| e.2.as_str())
+        .collect();
+    assert_eq!(
+        writer_values,
+        ["v3", "v8", "v13", "v18"],
+        "{single_events:?}"
+    );
+    let deletes = single_events.iter().filter(|e| e.0 == "DELETE").count();
+    assert_eq!(deletes, 1, "the delete after v13: {single_events:?}");
+}
+
+#[test]
+fn watch_from_a_past_revision_replays_history_then_follows() {
+    let m = Member::start(Binary::Qetcd, MemberSpec::new("replay"));
+    let ctl = m.etcdctl();
+    for i in 0..10 {
+        ctl.run(&["put", "h/key", &format!("{i}")]).ok();
+    }
+    let rev = ctl.run(&["get", "h/key", "-w", "json"]).json()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let mut w = WatchProcess::start(&m.client_url(), &["h/key", "--rev", &(rev - 9).to_string()]);
+    let seen = w.wait_for_events(10);
+    let values: Vec<&str> = seen.iter().map(|e| e.2.as_str()).collect();
+    assert_eq!(values, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
+    ctl.run(&["put", "h/key", "live"]).ok();
+    let seen = w.wait_for_events(11);
+    assert_eq!(seen[10].2, "live");
+    assert_eq!(seen[10].3, rev + 1);
+
+    // From a compacted revision: etcd's error.
+    ctl.run(&["compaction", &rev.to_string()]).ok();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args([
+            "--endpoints",
+            &m.client_url(),
+            "watch",
+            "h/key",
+            "--rev",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("required revision has been compacted"),
+        "{text} (exit {:?})",
+        out.status
+    );
+}
+
+#[test]
+fn a_watcher_follows_writes_across_a_leader_kill() {
+    let mut cluster = Cluster::start(Binary::Qetcd, Cluster::specs("wk", 3, "watch-kill"));
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let follower = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    cluster.members[follower]
+        .etcdctl()
+        .run(&["put", "f/start", "0"])
+        .ok();
+    let start_rev = cluster.members[follower]
+        .etcdctl()
+        .run(&["get", "f/start", "-w", "json"])
+        .json()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let survivors = format!(
+        "{},{}",
+        cluster.members[follower].client_url(),
+        cluster.members[other].client_url()
+    );
+    let mut watcher = WatchProcess::start(
+        &cluster.members[follower].client_url(),
+        &["--prefix", "f/", "--rev", &start_rev.to_string()],
+    );
+
+    // A writer puts through the survivors while the leader dies under it.
+    let writer_ctl = qetcd_tests::Etcdctl::new(&survivors);
+    let writer = std::thread::spawn(move || {
+        let mut acked = Vec::new();
+        for i in 0..60 {
+            if writer_ctl.run(&["put", &format!("f/{i}"), "x"]).success {
+                acked.push(i);
+            }
+        }
+        acked
+    });
+    wait_until(
+        "some writes before the kill",
+        Duration::from_secs(20),
+        || (watcher.events().len() > 10).then_some(()),
+    )
+    .unwrap();
+    cluster.members[leader].kill9();
+    let acked = writer.join().unwrap();
+    assert!(
+        acked.len() > 40,
+        "writes continued after the kill: {acked:?}"
+    );
+
+    let last_rev = cluster.members[follower]
+        .etcdctl()
+        .run(&["get", "f/", "--prefix", "-w", "json"])
+        .json()["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut next = start_rev;
+    // If the stream broke, watch again from the last revision seen + 1.
+    for _ in 0..3 {
+        let want = (last_rev - next + 1) as usize;
+        let got = wait_until("the watcher to catch up", Duration::from_secs(20), || {
+            let ev = watcher.events();
+            (ev.len() >= want).then_some(ev)
+        });
+        let ev = got.unwrap_or_else(|_| watcher.events());
+        if let Some(last) = ev.last() {
+            next = last.3 + 1;
+        }
+        seen.extend(ev);
+        if next > last_rev {
+            break;
+        }
+        watcher.stop();
+        watcher = WatchProcess::start(&survivors, &["--prefix", "f/", "--rev", &next.to_string()]);
+    }
+    let revisions: Vec<i64> = seen.iter().map(|e| e.3).collect();
+    let expected: Vec<i64> = (start_rev..=last_rev).collect();
+    assert_eq!(revisions, expected, "complete, ordered, gap-free");
+    for i in acked {
+        assert!(
+            seen.iter().any(|e| e.1 == format!("f/{i}")),
+            "acknowledged put f/{i} not seen"
+        );
+    }
+}
