@@ -326,3 +326,114 @@ fn a_watcher_follows_writes_across_a_leader_kill() {
         );
     }
 }
+
+/// What etcdctl 3.4 cannot ask for, through a Rust etcd client: progress requests,
+/// periodic progress notifications, filters, several watchers on one stream, cancel.
+#[tokio::test]
+async fn progress_filters_and_cancel_through_a_rust_client() {
+    use etcd_client::{Client, EventType, WatchFilterType, WatchOptions};
+
+    let mut spec = MemberSpec::new("progress");
+    spec.extra_args = vec![
+        "--experimental-watch-progress-notify-interval".into(),
+        "1s".into(),
+    ];
+    let m = Member::start(Binary::Qetcd, spec);
+    let mut c = Client::connect([m.client_url()], None).await.unwrap();
+    c.put("p/a", "1", None).await.unwrap();
+
+    let mut stream = c
+        .watch(
+            "p/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_filters([WatchFilterType::NoDelete]),
+            ),
+        )
+        .await
+        .unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let puts_only = created.watch_id();
+    stream
+        .watch(
+            "p/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_progress_notify()
+                    .with_filters([WatchFilterType::NoPut]),
+            ),
+        )
+        .await
+        .unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let deletes_only = created.watch_id();
+    assert_ne!(puts_only, deletes_only);
+
+    c.put("p/b", "2", None).await.unwrap();
+    let del = c.delete("p/a", None).await.unwrap();
+    let del_rev = del.header().unwrap().revision();
+    let (mut saw_put, mut saw_delete, mut saw_notify) = (false, false, false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(saw_put && saw_delete && saw_notify) {
+        let resp = tokio::time::timeout_at(deadline, stream.message())
+            .await
+            .expect("responses within the deadline")
+            .unwrap()
+            .unwrap();
+        for e in resp.events() {
+            if resp.watch_id() == puts_only {
+                assert_eq!(e.event_type(), EventType::Put);
+                saw_put = true;
+            } else {
+                assert_eq!(e.event_type(), EventType::Delete);
+                assert_eq!(resp.watch_id(), deletes_only);
+                saw_delete = true;
+            }
+        }
+        if resp.events().is_empty() && resp.watch_id() == deletes_only && saw_delete {
+            // A periodic progress notification, at the current revision.
+            assert_eq!(resp.header().unwrap().revision(), del_rev);
+            saw_notify = true;
+        }
+    }
+
+    // A progress request is answered on the stream with the current revision.
+    stream.request_progress().await.unwrap();
+    loop {
+        let resp = stream.message().await.unwrap().unwrap();
+        if resp.watch_id() == -1 {
+            assert_eq!(resp.header().unwrap().revision(), del_rev);
+            break;
+        }
+    }
+
+    stream.cancel(puts_only).await.unwrap();
+    loop {
+        let resp = stream.message().await.unwrap().unwrap();
+        if resp.canceled() {
+            assert_eq!(resp.watch_id(), puts_only);
+            break;
+        }
+    }
+    c.put("p/c", "3", None).await.unwrap();
+    c.delete("p/c", None).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let resp = stream.message().await.unwrap().unwrap();
+            if !resp.events().is_empty() {
+                return resp;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        resp.watch_id(),
+        deletes_only,
+        "the cancelled watcher stays quiet"
+    );
+}
