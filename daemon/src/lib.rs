@@ -7,7 +7,7 @@
 //! - [`raft_node`]: the Raft thread and its Ready loop.
 //! - [`storage`]: the SQLite database: Raft log and everything applied.
 //! - [`state_machine`]: applying committed entries.
-//! - [`mvcc`], [`lease`], [`membership`]: etcd's data model on that database.
+//! - [`mvcc`], [`watch`], [`lease`], [`membership`]: etcd's data model on that database.
 //! - [`api`]: the gRPC services and HTTP endpoints; [`error`] what clients are told.
 //! - [`tls`]: certificates and TLS configs for client listeners and peers.
 //! - [`server`]: one member assembled from these parts; [`notify`] tells systemd how it is doing.
@@ -28,3 +28,4 @@ pub mod state_machine;
 pub mod storage;
 pub mod tls;
 pub mod transport;
+pub mod watch;

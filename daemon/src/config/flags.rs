@@ -480,6 +480,13 @@ pub const FLAGS: &[Flag] = &[
         "List of additional URLs to listen on that will respond to both the /metrics and /health endpoints."
     ),
     flag!(
+        "experimental-watch-progress-notify-interval",
+        Text,
+        "10m",
+        OTHER,
+        "Duration of periodic watch progress notifications."
+    ),
+    flag!(
         "metrics",
         Text,
         "basic",

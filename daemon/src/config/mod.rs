@@ -126,6 +126,8 @@ pub struct Config {
     pub cipher_suites: String,
     pub tls_min_version: String,
     pub tls_max_version: String,
+    /// How often watchers that asked for progress notifications get one. Default 10m.
+    pub watch_progress_notify_interval: Duration,
 }
 
 /// What the command line asks for.
@@ -223,6 +225,11 @@ impl Values {
         self.raw(name)
             .parse::<i64>()
             .map_err(|_| self.invalid(name, "parse error".into()))
+    }
+
+    /// A Go duration (`10m`, `1.5s`, `250ms`, `1h30m`).
+    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        parse_go_duration(self.raw(name)).ok_or_else(|| self.invalid(name, "parse error".into()))
     }
 
     fn urls(&self, name: &'static str) -> Result<Vec<Url>, ConfigError> {
@@ -417,6 +424,8 @@ impl Config {
             cipher_suites: v.text("cipher-suites"),
             tls_min_version: v.text("tls-min-version"),
             tls_max_version: v.text("tls-max-version"),
+            watch_progress_notify_interval: v
+                .duration("experimental-watch-progress-notify-interval")?,
         })
     }
 
@@ -504,3 +513,50 @@ fn clap_error(e: clap::Error) -> ConfigError {
 
 #[cfg(test)]
 mod tests;
+
+/// Go's `time.ParseDuration` for the units etcd's duration flags use.
+fn parse_go_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Some(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * seconds;
+    }
+    Some(Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("10"), None);
+        assert_eq!(parse_go_duration("abc"), None);
+    }
+}

@@ -7,7 +7,7 @@ use crate::error::RequestError;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader,
 };
-use crate::proto::mvccpb::KeyValue;
+use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
 /// The changes of one client request (a put, a delete or a whole txn). They all share
 /// one main revision — `current + 1` — which exists only if something changed.
@@ -16,6 +16,9 @@ pub struct WriteTxn<'c> {
     base: Revisions,
     /// Changes made so far; the next change's sub-revision.
     changes: i64,
+    /// The changes as watch events, when someone watches (see [`WriteTxn::collecting`]).
+    events: Vec<Event>,
+    collect: bool,
 }
 
 impl<'c> WriteTxn<'c> {
@@ -24,7 +27,21 @@ impl<'c> WriteTxn<'c> {
             conn,
             base,
             changes: 0,
+            events: Vec::new(),
+            collect: true,
         }
+    }
+
+    /// Whether to record watch events. Recording copies every key and value, so the
+    /// state machine turns it off while nobody watches.
+    pub fn collecting(mut self, collect: bool) -> Self {
+        self.collect = collect;
+        self
+    }
+
+    /// The watch events of the changes so far, in sub-revision order.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
     }
 
     pub fn conn(&self) -> &'c Connection {
@@ -114,6 +131,20 @@ impl<'c> WriteTxn<'c> {
                 req.key, rev, sub, create_rev, version, value, lease
             ])?;
         self.changes += 1;
+        if self.collect {
+            self.events.push(Event {
+                r#type: EventType::Put as i32,
+                kv: Some(KeyValue {
+                    key: req.key.clone(),
+                    create_revision: create_rev,
+                    mod_revision: rev,
+                    version,
+                    value: value.to_vec(),
+                    lease,
+                }),
+                prev_kv: None,
+            });
+        }
         Ok(PutResponse {
             header: self.header(),
             prev_kv: if req.prev_kv { prev } else { None },
@@ -173,6 +204,17 @@ impl<'c> WriteTxn<'c> {
             delete.execute(params![kv.key])?;
             tombstone.execute(params![kv.key, rev, self.changes])?;
             self.changes += 1;
+            if self.collect {
+                self.events.push(Event {
+                    r#type: EventType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: kv.key.clone(),
+                        mod_revision: rev,
+                        ..Default::default()
+                    }),
+                    prev_kv: None,
+                });
+            }
         }
         let n = victims.len() as i64;
         Ok((n, if want_prev { victims } else { Vec::new() }))
