@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian packages into target/debian/ and prints their paths:
 #   qetcd            the daemon, qetcd.service, its sysusers entry, the man page, docs
-#   qetcd-provision  the provisioning tool: built once provision/Cargo.toml carries a
-#                    [package.metadata.deb] section (the hook is below).
+#   qetcd-provision  the provisioning tool (/usr/bin/qetcd-provision), built because
+#                    provision/Cargo.toml carries a [package.metadata.deb] section.
 # Usage: packaging/build-debs.sh [cargo-deb arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +12,8 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
     cargo install cargo-deb --locked --version '^3.8'
 fi
 
-# Hook for the provisioning tool's own package (qetcd-provision): its crate opts in by
-# adding [package.metadata.deb] (name = "qetcd-provision", assets, ...) to its manifest.
+# The provisioning tool's package (qetcd-provision): its crate opts in with a
+# [package.metadata.deb] section; without one (or without the crate) it is skipped.
 packages=(-p qetcd -p qetcd-manpage)
 with_provision=false
 if [[ -f provision/Cargo.toml ]] && grep -q '^\[package\.metadata\.deb\]' provision/Cargo.toml; then
