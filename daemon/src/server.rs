@@ -103,6 +103,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         request_timeout: request_timeout(&cfg),
     });
 
+    // Runs on every member; acts while this one leads. Stops when dropped.
+    let _lease_expiry = crate::lease::expiry::start(node.clone(), request_timeout(&cfg));
+
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
     for url in &cfg.listen_client_urls {

@@ -11,6 +11,7 @@ use raft::prelude::{ConfChangeType, ConfChangeV2, Entry, EntryType};
 use rusqlite::Connection;
 
 use crate::error::RequestError;
+use crate::lease;
 use crate::membership::{self, Member};
 use crate::mvcc::{self, Revisions, WriteTxn};
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
@@ -25,6 +26,9 @@ pub enum Applied {
     Txn(crate::proto::etcdserverpb::TxnResponse),
     Compaction(CompactionResponse),
     Published,
+    LeaseGrant(crate::proto::etcdserverpb::LeaseGrantResponse),
+    LeaseRevoke(crate::proto::etcdserverpb::LeaseRevokeResponse),
+    LeaseRenew(crate::proto::etcdserverpb::LeaseKeepAliveResponse),
 }
 
 pub type ApplyResult = Result<Applied, RequestError>;
@@ -96,10 +100,24 @@ pub struct StateMachine {
     applied_index: u64,
     /// What the database holds of the two above, to skip rewriting unchanged values.
     persisted: (u64, Revisions),
+    /// Lease deadlines, restarted by the lease entries applied here.
+    lessor: std::sync::Arc<crate::lease::Lessor>,
 }
 
 impl StateMachine {
     pub fn load(conn: &Connection, member_id: u64) -> Result<Self, StorageError> {
+        Self::with_lessor(conn, member_id, Default::default())
+    }
+
+    /// Loads the state machine and fills `lessor` with the leases in the database.
+    pub fn with_lessor(
+        conn: &Connection,
+        member_id: u64,
+        lessor: std::sync::Arc<crate::lease::Lessor>,
+    ) -> Result<Self, StorageError> {
+        lessor
+            .restore(conn)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
         Ok(StateMachine {
@@ -107,6 +125,7 @@ impl StateMachine {
             revisions,
             applied_index,
             persisted: (applied_index, revisions),
+            lessor,
         })
     }
 
@@ -269,8 +288,17 @@ impl StateMachine {
                 membership::publish(conn, &attrs)?;
                 Applied::Published
             }
-            Some(Request::LeaseGrant(_)) | Some(Request::LeaseRevoke(_)) => {
-                return Err(RequestError::NotCapable);
+            Some(Request::LeaseGrant(g)) => {
+                Applied::LeaseGrant(lease::grant(conn, &self.lessor, &g, base.current)?)
+            }
+            Some(Request::LeaseRevoke(r)) => {
+                let mut w = WriteTxn::new(conn, base);
+                let resp = lease::revoke(&mut w, &self.lessor, r.id)?;
+                self.finish_write(&w)?;
+                Applied::LeaseRevoke(resp)
+            }
+            Some(Request::LeaseRenew(r)) => {
+                Applied::LeaseRenew(lease::renew(conn, &self.lessor, r.id, base.current)?)
             }
             None => return Err(RequestError::Internal("empty raft request".into())),
         };

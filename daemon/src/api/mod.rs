@@ -6,6 +6,7 @@ mod cluster;
 pub mod h2_authority;
 mod http;
 mod kv;
+mod lease;
 mod maintenance;
 pub mod status;
 
@@ -93,7 +94,10 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     ))
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         ctx.clone(),
-    )));
+    )))
+    .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
+        lease::LeaseService::new(ctx.clone()),
+    ));
     let router = grpc.into_axum_router().merge(http::router(ctx));
     tonic::service::Routes::from(router)
 }

@@ -10,11 +10,11 @@ pub fn to_status(err: RequestError) -> Status {
     let code = match &err {
         EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
         | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
-        Compacted | FutureRevision => Code::OutOfRange,
+        Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
         NoLeader | Timeout | Stopped | LeaderChanged => Code::Unavailable,
-        NotLeader | BadLeaderTransferee | NotCapable => Code::FailedPrecondition,
+        NotLeader | BadLeaderTransferee | NotCapable | LeaseExists => Code::FailedPrecondition,
         Internal(detail) => {
             tracing::error!(error = %detail, "internal error serving a request");
             Code::Internal

@@ -110,6 +110,8 @@ pub struct NodeHandle {
     commands: Sender<Command>,
     status: Arc<NodeStatus>,
     next_request: Arc<AtomicU64>,
+    /// Lease deadlines, kept by applying lease entries (see `lease`).
+    lessor: Arc<crate::lease::Lessor>,
 }
 
 impl NodeHandle {
@@ -199,6 +201,10 @@ impl NodeHandle {
         request.encoded_len() + 2 * 11
     }
 
+    pub fn lessor(&self) -> &Arc<crate::lease::Lessor> {
+        &self.lessor
+    }
+
     fn next_request_id(&self) -> u64 {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
@@ -267,6 +273,11 @@ pub fn start(
         commands: tx,
         status: status.clone(),
         next_request: Arc::new(AtomicU64::new(seed)),
+        lessor: Arc::new(crate::lease::Lessor::new(
+            cfg.id,
+            cfg.tick_interval,
+            cfg.election_ticks,
+        )),
     };
     let id_source = handle.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
@@ -323,7 +334,7 @@ impl Node {
         status: Arc<NodeStatus>,
         ids: NodeHandle,
     ) -> Result<Self, StorageError> {
-        let machine = StateMachine::load(&conn, cfg.id)?;
+        let machine = StateMachine::with_lessor(&conn, cfg.id, ids.lessor().clone())?;
         let checkpointer = conn
             .path()
             .filter(|p| !p.is_empty())
@@ -623,7 +634,8 @@ impl Node {
             let mut batch = log.batch(Durability::Sync)?;
             crate::storage::snapshot::install_attached(batch.conn())?;
             batch.reset_to_snapshot(meta.index, meta.term, meta.get_conf_state())?;
-            let machine = StateMachine::load(batch.conn(), self.cfg.id)?;
+            let machine =
+                StateMachine::with_lessor(batch.conn(), self.cfg.id, self.ids.lessor().clone())?;
             batch.commit()?;
             self.machine = machine;
             Ok(())
@@ -648,6 +660,16 @@ impl Node {
         entries: &[Entry],
     ) -> Result<(), StorageError> {
         for entry in entries {
+            // A leader's own empty entry, applied: everything of earlier terms is
+            // applied too, so its lease deadlines may now decide expiry (etcd promotes
+            // its lessor at the same point).
+            if entry.data.is_empty()
+                && entry.get_entry_type() == raft::prelude::EntryType::EntryNormal
+                && entry.term == self.raw.raft.term
+                && self.raw.raft.state == StateRole::Leader
+            {
+                self.ids.lessor().promote(entry.term);
+            }
             if let Some(cc) = self
                 .machine
                 .apply(batch.conn(), entry, &mut self.completions)?

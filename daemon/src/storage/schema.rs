@@ -51,11 +51,15 @@ pub fn create(conn: &Connection) -> Result<(), super::StorageError> {
             PRIMARY KEY (key, mod_rev)
         ) WITHOUT ROWID;
         CREATE INDEX IF NOT EXISTS kv_history_by_rev ON kv_history (mod_rev, sub_rev);
-        -- Granted leases. Keys name their lease in kv_live.lease.
+        -- Granted leases, with the TTL they were granted (seconds). Keys name their
+        -- lease in kv_live.lease; deadlines are not stored (see lease::Lessor).
         CREATE TABLE IF NOT EXISTS leases (
             id  INTEGER PRIMARY KEY,
             ttl INTEGER NOT NULL
         );
+        -- The keys of each lease, for revoke and TimeToLive. Partial: keys without a
+        -- lease (most of them) cost a put nothing here.
+        CREATE INDEX IF NOT EXISTS kv_live_by_lease ON kv_live (lease) WHERE lease != 0;
         -- Request IDs applied recently, so that a request proposed twice (a retry after
         -- its first proposal may have been lost) takes effect once. Two generations,
         -- chosen by log index, instead of one table with an index on the log index to

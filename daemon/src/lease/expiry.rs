@@ -1,0 +1,77 @@
+//! The leader's side of expiry: find leases past their deadline and propose their
+//! revocation, so that expiry reaches every member as an ordinary replicated revoke.
+
+use std::time::{Duration, Instant};
+
+use crate::error::RequestError;
+use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::proto::qetcdpb::raft_request::Request;
+use crate::raft_node::NodeHandle;
+
+/// How often the leader looks for expired leases. Expiry is late by at most this.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Revokes proposed per poll at most: etcd's `leaseRevokeRate` of 1000 a second. A
+/// mass expiry is spread out instead of flooding the log in one burst.
+const REVOKES_PER_POLL: usize = 100;
+
+/// The running expiry loop; stops when dropped.
+pub struct ExpiryTask(tokio::task::JoinHandle<()>);
+
+impl Drop for ExpiryTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the loop on the current tokio runtime. It runs on every member and acts only
+/// while the member is a promoted leader.
+pub fn start(node: NodeHandle, request_timeout: Duration) -> ExpiryTask {
+    ExpiryTask(tokio::spawn(run(node, request_timeout)))
+}
+
+async fn run(node: NodeHandle, request_timeout: Duration) {
+    let mut interval = tokio::time::interval(POLL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let lessor = node.lessor();
+        // Both conditions: leading now, and promoted in this very term (a leader that
+        // has not yet applied its predecessor's entries must not judge deadlines).
+        if node.leader() != Some(node.id()) || !lessor.is_primary(node.term()) {
+            continue;
+        }
+        let expired = lessor.take_expired(Instant::now(), REVOKES_PER_POLL);
+        if expired.is_empty() {
+            continue;
+        }
+        // One round at a time: the proposals of a round go out together (and land in
+        // one Raft batch), and the next round waits for them, so at most
+        // REVOKES_PER_POLL are in flight.
+        let mut round = tokio::task::JoinSet::new();
+        for id in expired {
+            let node = node.clone();
+            round.spawn(async move {
+                let revoke = node.propose(Request::LeaseRevoke(LeaseRevokeRequest { id }));
+                (id, tokio::time::timeout(request_timeout, revoke).await)
+            });
+        }
+        while let Some(done) = round.join_next().await {
+            match done {
+                Ok((id, Ok(Ok(_)))) => {
+                    tracing::info!(lease = %format!("{id:016x}"), "lease expired; revoked")
+                }
+                // Revoked meanwhile by a client: nothing left to do.
+                Ok((_, Ok(Err(RequestError::LeaseNotFound)))) => {}
+                // Retried after the lessor's retry interval if still there.
+                Ok((id, Ok(Err(e)))) => {
+                    tracing::warn!(lease = %format!("{id:016x}"), error = %e, "cannot revoke expired lease")
+                }
+                Ok((id, Err(_))) => {
+                    tracing::warn!(lease = %format!("{id:016x}"), "revoking expired lease timed out")
+                }
+                Err(e) => tracing::warn!(error = %e, "lease revoke task failed"),
+            }
+        }
+    }
+}
