@@ -101,6 +101,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         max_request_bytes: cfg.max_request_bytes as usize,
         max_txn_ops: cfg.max_txn_ops as usize,
         request_timeout: request_timeout(&cfg),
+        // tokio's interval panics on zero; etcd treats 0 as its default too.
+        watch_progress_interval: if cfg.watch_progress_notify_interval.is_zero() {
+            Duration::from_secs(600)
+        } else {
+            cfg.watch_progress_notify_interval
+        },
     });
 
     // Runs on every member; acts while this one leads. Stops when dropped.
@@ -149,6 +155,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
                 published = true;
                 tracing::info!(name = %cfg.name, "published local member to cluster; ready to serve client requests");
                 let _ = published_tx.send(true);
+            }
+            // Either this member applied its own removal, or its peers keep refusing it
+            // as removed (it was removed while it was down).
+            _ = node.removed() => {
+                removed = true;
+                node.stop();
+                break None;
             }
             _ = transport.removed_from_cluster() => {
                 tracing::error!("the member has been permanently removed from the cluster");

@@ -15,6 +15,7 @@ use crate::lease;
 use crate::membership::{self, Member};
 use crate::mvcc::{self, Revisions, WriteTxn};
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
+use crate::proto::mvccpb::Event;
 use crate::proto::qetcdpb::{MemberRecord, RaftRequest, raft_request::Request};
 use crate::storage::{Meta, StorageError};
 
@@ -100,6 +101,9 @@ pub struct StateMachine {
     applied_index: u64,
     /// What the database holds of the two above, to skip rewriting unchanged values.
     persisted: (u64, Revisions),
+    /// Watch events of the current batch (see `collect_events`).
+    events: Vec<Event>,
+    collect_events: bool,
     /// Lease deadlines, restarted by the lease entries applied here.
     lessor: std::sync::Arc<crate::lease::Lessor>,
 }
@@ -125,6 +129,8 @@ impl StateMachine {
             revisions,
             applied_index,
             persisted: (applied_index, revisions),
+            events: Vec::new(),
+            collect_events: false,
             lessor,
         })
     }
@@ -257,21 +263,21 @@ impl StateMachine {
         let base = self.revisions;
         let applied = match request {
             Some(Request::Put(p)) => {
-                let mut w = WriteTxn::new(conn, base);
+                let mut w = self.write_txn(conn);
                 let r = w.put(&p)?;
-                self.finish_write(&w)?;
+                self.finish_write(&mut w)?;
                 Applied::Put(r)
             }
             Some(Request::DeleteRange(d)) => {
-                let mut w = WriteTxn::new(conn, base);
+                let mut w = self.write_txn(conn);
                 let r = w.delete_range(&d)?;
-                self.finish_write(&w)?;
+                self.finish_write(&mut w)?;
                 Applied::DeleteRange(r)
             }
             Some(Request::Txn(t)) => {
-                let mut w = WriteTxn::new(conn, base);
+                let mut w = self.write_txn(conn);
                 let r = mvcc::apply_txn(&mut w, &t)?;
-                self.finish_write(&w)?;
+                self.finish_write(&mut w)?;
                 Applied::Txn(r)
             }
             Some(Request::Compaction(c)) => {
@@ -292,9 +298,9 @@ impl StateMachine {
                 Applied::LeaseGrant(lease::grant(conn, &self.lessor, &g, base.current)?)
             }
             Some(Request::LeaseRevoke(r)) => {
-                let mut w = WriteTxn::new(conn, base);
+                let mut w = self.write_txn(conn);
                 let resp = lease::revoke(&mut w, &self.lessor, r.id)?;
-                self.finish_write(&w)?;
+                self.finish_write(&mut w)?;
                 Applied::LeaseRevoke(resp)
             }
             Some(Request::LeaseRenew(r)) => {
@@ -305,9 +311,32 @@ impl StateMachine {
         Ok(applied)
     }
 
-    fn finish_write(&mut self, w: &WriteTxn<'_>) -> Result<(), RequestError> {
+    /// A write on top of the current revisions, recording watch events if asked to.
+    fn write_txn<'c>(&self, conn: &'c Connection) -> WriteTxn<'c> {
+        WriteTxn::new(conn, self.revisions).collecting(self.collect_events)
+    }
+
+    /// Makes a request's writes the new revision, and keeps its watch events.
+    fn finish_write(&mut self, w: &mut WriteTxn<'_>) -> Result<(), RequestError> {
         self.revisions.current = w.revision();
+        if self.collect_events {
+            self.events.extend(w.take_events());
+        }
         Ok(())
+    }
+
+    /// Whether the requests applied from now on record watch events. Set at the start
+    /// of a batch, so that a batch's events are either all there or not collected.
+    pub fn collect_events(&mut self, collect: bool) {
+        self.collect_events = collect;
+        self.events.clear();
+    }
+
+    /// The events of what was applied since [`Self::collect_events`]; `None` if they
+    /// were not collected (watchers then read them from storage).
+    pub fn take_events(&mut self) -> Option<Vec<Event>> {
+        let events = std::mem::take(&mut self.events);
+        self.collect_events.then_some(events)
     }
 }
 

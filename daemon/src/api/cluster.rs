@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
+use crate::error::RequestError;
 use crate::membership;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
@@ -46,9 +47,37 @@ impl Cluster for ClusterService {
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(not_yet("member remove"))
+        let id = req.into_inner().id;
+        let is_member = |members: &[membership::Member]| members.iter().any(|m| m.id == id);
+        let members = self.ctx.read(|conn| Ok(membership::list(conn)?)).await?;
+        if !is_member(&members) {
+            return Err(RequestError::MemberNotFound.into());
+        }
+        let mut change = raft::prelude::ConfChangeV2::default();
+        let mut single = raft::prelude::ConfChangeSingle::default();
+        single.set_change_type(raft::prelude::ConfChangeType::RemoveNode);
+        single.node_id = id;
+        change.mut_changes().push(single);
+        let deadline = tokio::time::Instant::now() + self.ctx.request_timeout;
+        tokio::time::timeout_at(deadline, self.ctx.node.propose_conf_change(change))
+            .await
+            .map_err(|_| RequestError::Timeout)??;
+        // Done when this member has applied the change.
+        loop {
+            let applied = self.ctx.node.status().applied.notified();
+            let members = self.ctx.read(|conn| Ok(membership::list(conn)?)).await?;
+            if !is_member(&members) {
+                return Ok(Response::new(MemberRemoveResponse {
+                    header: Some(self.ctx.header(0)),
+                    members: members.iter().map(|m| m.to_proto()).collect(),
+                }));
+            }
+            if tokio::time::timeout_at(deadline, applied).await.is_err() {
+                return Err(RequestError::Timeout.into());
+            }
+        }
     }
 
     async fn member_update(

@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod status;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::error::RequestError;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use crate::raft_node::NodeHandle;
 use crate::storage::{ReaderPool, StorageError};
@@ -35,6 +37,8 @@ pub struct ApiContext {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub request_timeout: Duration,
+    /// How often watchers that asked for progress notifications get one.
+    pub watch_progress_interval: Duration,
 }
 
 impl ApiContext {
@@ -97,7 +101,15 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     )))
     .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
         lease::LeaseService::new(ctx.clone()),
-    ));
+    ))
+    .add_service(
+        WatchServer::new(watch::WatchService::new(
+            ctx.clone(),
+            ctx.watch_progress_interval,
+        ))
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(usize::MAX),
+    );
     let router = grpc.into_axum_router().merge(http::router(ctx));
     tonic::service::Routes::from(router)
 }

@@ -82,6 +82,11 @@ enum Command {
         to: u64,
         ok: bool,
     },
+    /// Propose a membership change; answered once Raft took (or refused) it.
+    ConfChange {
+        change: raft::prelude::ConfChangeV2,
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
     /// Hand leadership to `target`, or to the most up-to-date voter when `None`.
     TransferLeader {
         target: Option<u64>,
@@ -99,8 +104,12 @@ pub struct NodeStatus {
     pub applied_index: AtomicU64,
     pub revision: AtomicU64,
     pub stopped: AtomicBool,
+    /// Set when this member applies its own removal from the cluster.
+    pub removed: AtomicBool,
     /// Notified whenever the applied index moves.
     pub applied: Notify,
+    /// Committed changes, for watchers.
+    pub events: crate::watch::EventFeed,
 }
 
 /// Cheap, cloneable handle to the Raft node.
@@ -155,6 +164,31 @@ impl NodeHandle {
 
     /// Asks the leader to hand leadership over and returns the chosen member; the
     /// handover itself completes when that member has caught up and won its election.
+    /// Proposes a membership change. Raft takes one at a time and only with a leader;
+    /// a refused change is `NoLeader` or, with a change still pending, `Timeout` after
+    /// the caller's deadline. Completion is seen in the applied membership.
+    pub async fn propose_conf_change(
+        &self,
+        change: raft::prelude::ConfChangeV2,
+    ) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ConfChange { change, reply })
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// Completes once this member has applied its own removal from the cluster.
+    pub async fn removed(&self) {
+        loop {
+            let applied = self.status.applied.notified();
+            if self.status.removed.load(Ordering::Acquire) {
+                return;
+            }
+            applied.await;
+        }
+    }
+
     pub async fn transfer_leadership(&self, target: Option<u64>) -> Result<u64, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -318,6 +352,8 @@ struct Node {
     reads: Reads,
     /// Applied index at the last log compaction.
     compacted_at: u64,
+    /// The last revision watchers were told about.
+    published_revision: i64,
     completions: Vec<Completion>,
     /// A conf change was applied in the current batch: peers to re-read after commit.
     membership_changed: bool,
@@ -369,6 +405,12 @@ impl Node {
             }
         }
         outbox.update_members(&crate::membership::list(log.conn())?);
+        let cs = log.conf_state();
+        if !cs.voters.is_empty() && !cs.voters.contains(&cfg.id) && !cs.learners.contains(&cfg.id) {
+            // Removed before it stopped: restarting cannot bring it back.
+            tracing::error!("the member has been permanently removed from the cluster");
+            status.removed.store(true, Ordering::Release);
+        }
         let applied = machine.applied_index();
         status.applied_index.store(applied, Ordering::Release);
         status
@@ -376,6 +418,7 @@ impl Node {
             .store(machine.revisions().current as u64, Ordering::Release);
         Ok(Node {
             compacted_at: applied,
+            published_revision: machine.revisions().current,
             cfg,
             raw,
             log,
@@ -469,6 +512,16 @@ impl Node {
                     raft::SnapshotStatus::Failure
                 };
                 self.raw.report_snapshot(to, status);
+            }
+            Command::ConfChange { change, reply } => {
+                let taken = if self.raw.raft.leader_id == raft::INVALID_ID {
+                    Err(RequestError::NoLeader)
+                } else {
+                    self.raw
+                        .propose_conf_change(Vec::new(), change)
+                        .map_err(|_| RequestError::Timeout)
+                };
+                let _ = reply.send(taken);
             }
             Command::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
@@ -659,6 +712,8 @@ impl Node {
         batch: &mut crate::storage::LogBatch<'_>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
+        self.machine
+            .collect_events(self.status.events.has_subscribers());
         for entry in entries {
             // A leader's own empty entry, applied: everything of earlier terms is
             // applied too, so its lease deadlines may now decide expiry (etcd promotes
@@ -680,6 +735,10 @@ impl Node {
                     .map_err(|e| StorageError::Corrupt(format!("conf change {}: {e}", cc.index)))?;
                 batch.set_conf_state(&cs)?;
                 self.membership_changed = true;
+                if !cs.voters.contains(&self.cfg.id) && !cs.learners.contains(&self.cfg.id) {
+                    tracing::error!("the member has been permanently removed from the cluster");
+                    self.status.removed.store(true, Ordering::Release);
+                }
             }
         }
         self.machine.persist_progress(batch.conn())?;
@@ -712,6 +771,18 @@ impl Node {
                 Err(e) => tracing::error!(error = %e, "cannot read membership after a conf change"),
             }
         }
+        // Watchers hear of a batch only once it is committed: what they then read from
+        // storage is consistent with it.
+        let revision = self.machine.revisions().current;
+        let events = self.machine.take_events();
+        if revision > self.published_revision {
+            self.status.events.publish(crate::watch::EventBatch {
+                first: self.published_revision + 1,
+                last: revision,
+                events,
+            });
+        }
+        self.published_revision = revision;
         for c in self.completions.drain(..) {
             self.proposals.complete(c.id, c.result);
         }
