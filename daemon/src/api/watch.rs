@@ -26,8 +26,9 @@ use crate::watch::{EventBatch, Subscription, Watcher, history};
 
 /// Responses queued for a client before its stream task waits.
 const OUTBOX: usize = 64;
-/// History rows read per catch-up step; bounds the memory of a catch-up.
-const CATCH_UP_ROWS: usize = 1000;
+/// Bytes of keys and values read per catch-up step (whole revisions, so a larger
+/// revision is read whole); bounds the memory of a catch-up.
+const CATCH_UP_BYTES: usize = 1 << 20;
 /// The watch ID of a stream-wide progress response (etcd's `InvalidWatchID`).
 const PROGRESS_WATCH_ID: i64 = -1;
 
@@ -224,7 +225,7 @@ impl Session {
                         return Ok(Err(revs));
                     }
                     let (mut events, next) =
-                        history::events(conn, &range, from, to, CATCH_UP_ROWS)?;
+                        history::events(conn, &range, from, to, CATCH_UP_BYTES)?;
                     if prev_kv {
                         add_prev_kvs(conn, &mut events)?;
                     }
@@ -318,23 +319,22 @@ impl Session {
         if events.is_empty() {
             return Ok(());
         }
-        let mut resp = self.response(id, header_revision);
-        resp.events = events;
+        // Responses stay under the request size limit, so that clients with default
+        // message limits can take them: split between revisions, and inside one only
+        // for a watcher that allows fragments.
         let limit = self.ctx.max_request_bytes;
-        if !fragment || resp.encoded_len() <= limit {
-            return self.send(resp).await;
-        }
-        // Split into responses under the limit; all but the last say more follow.
-        let events = std::mem::take(&mut resp.events);
-        let mut part = Vec::new();
+        let mut part: Vec<Event> = Vec::new();
         let mut size = 0;
         let count = events.len();
         for (i, e) in events.into_iter().enumerate() {
             let len = e.encoded_len();
-            if !part.is_empty() && size + len > limit {
+            let new_revision = part
+                .last()
+                .is_some_and(|l| history::revision_of(l) != history::revision_of(&e));
+            if !part.is_empty() && size + len > limit && (new_revision || fragment) {
                 let mut r = self.response(id, header_revision);
                 r.events = std::mem::take(&mut part);
-                r.fragment = true;
+                r.fragment = !new_revision;
                 self.send(r).await?;
                 size = 0;
             }

@@ -6,15 +6,15 @@ use crate::error::RequestError;
 use crate::mvcc::KeyRange;
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
-/// Events of revisions `from..=to` on keys in `range`, in revision order, reading at
-/// most about `limit` rows but never part of a revision. Returns the events and the
-/// first revision not yet read (`to + 1` when done).
+/// Events of revisions `from..=to` on keys in `range`, in revision order: whole
+/// revisions, until about `byte_budget` bytes of keys and values are read. Returns the
+/// events and the first revision not yet read (`to + 1` when done).
 pub fn events(
     conn: &Connection,
     range: &KeyRange,
     from: i64,
     to: i64,
-    limit: usize,
+    byte_budget: usize,
 ) -> Result<(Vec<Event>, i64), RequestError> {
     if from > to {
         return Ok((Vec::new(), from));
@@ -22,72 +22,57 @@ pub fn events(
     let (cond, keys) = range.sql();
     let mut args = vec![Value::Integer(from), Value::Integer(to)];
     args.extend(keys.iter().map(|k| Value::Blob(k.to_vec())));
-    let mut rows = query(
-        conn,
-        &format!(
-            "SELECT key, mod_rev, create_rev, version, value, lease, tombstone FROM kv_history
-             WHERE mod_rev >= ?1 AND mod_rev <= ?2 AND {cond}
-             ORDER BY mod_rev, sub_rev LIMIT {}",
-            limit + 1
-        ),
-        &args,
-    )?;
-    if rows.len() <= limit {
-        return Ok((rows, to + 1));
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT key, mod_rev, create_rev, version, value, lease, tombstone FROM kv_history
+         WHERE mod_rev >= ?1 AND mod_rev <= ?2 AND {cond}
+         ORDER BY mod_rev, sub_rev"
+    ))?;
+    let mut rows = stmt.query(params_from_iter(args.iter()))?;
+    let mut out: Vec<Event> = Vec::new();
+    let mut bytes = 0;
+    // Rows stream from SQLite in revision order; stop between two revisions.
+    while let Some(r) = rows.next()? {
+        let event = event_of_row(r)?;
+        let revision = revision_of(&event);
+        if bytes >= byte_budget && out.last().is_some_and(|l| revision_of(l) != revision) {
+            return Ok((out, revision));
+        }
+        bytes += event
+            .kv
+            .as_ref()
+            .map_or(0, |kv| kv.key.len() + kv.value.len());
+        out.push(event);
     }
-    // Cut before the last revision read, which may be incomplete.
-    let cut = revision_of(&rows[limit]);
-    rows.retain(|e| revision_of(e) < cut);
-    if !rows.is_empty() {
-        return Ok((rows, cut));
-    }
-    // One revision larger than the limit: it goes whole.
-    args[0] = Value::Integer(cut);
-    args[1] = Value::Integer(cut);
-    let rows = query(
-        conn,
-        &format!(
-            "SELECT key, mod_rev, create_rev, version, value, lease, tombstone FROM kv_history
-             WHERE mod_rev >= ?1 AND mod_rev <= ?2 AND {cond} ORDER BY sub_rev"
-        ),
-        &args,
-    )?;
-    Ok((rows, cut + 1))
+    Ok((out, to + 1))
 }
 
-fn query(conn: &Connection, sql: &str, args: &[Value]) -> Result<Vec<Event>, RequestError> {
-    let mut stmt = conn.prepare_cached(sql)?;
-    let mut rows = stmt.query(params_from_iter(args.iter()))?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let tombstone: bool = r.get(6)?;
-        let kv = if tombstone {
-            KeyValue {
-                key: r.get(0)?,
-                mod_revision: r.get(1)?,
-                ..Default::default()
-            }
+fn event_of_row(r: &rusqlite::Row<'_>) -> Result<Event, RequestError> {
+    let tombstone: bool = r.get(6)?;
+    let kv = if tombstone {
+        KeyValue {
+            key: r.get(0)?,
+            mod_revision: r.get(1)?,
+            ..Default::default()
+        }
+    } else {
+        KeyValue {
+            key: r.get(0)?,
+            mod_revision: r.get(1)?,
+            create_revision: r.get(2)?,
+            version: r.get(3)?,
+            value: r.get(4)?,
+            lease: r.get(5)?,
+        }
+    };
+    Ok(Event {
+        r#type: if tombstone {
+            EventType::Delete as i32
         } else {
-            KeyValue {
-                key: r.get(0)?,
-                mod_revision: r.get(1)?,
-                create_revision: r.get(2)?,
-                version: r.get(3)?,
-                value: r.get(4)?,
-                lease: r.get(5)?,
-            }
-        };
-        out.push(Event {
-            r#type: if tombstone {
-                EventType::Delete as i32
-            } else {
-                EventType::Put as i32
-            },
-            kv: Some(kv),
-            prev_kv: None,
-        });
-    }
-    Ok(out)
+            EventType::Put as i32
+        },
+        kv: Some(kv),
+        prev_kv: None,
+    })
 }
 
 pub fn revision_of(e: &Event) -> i64 {
