@@ -343,3 +343,36 @@ fn a_kept_alive_lease_outlives_a_leader_failover() {
     .unwrap();
     assert!(present(&ctl1, "kept").0);
 }
+
+#[test]
+fn a_lease_survives_a_restart_and_still_expires() {
+    let mut m = Member::start(Binary::Qetcd, MemberSpec::new("lease-restart"));
+    let ctl = m.etcdctl();
+    let id = grant(&ctl, 4);
+    ctl.run(&["put", "--lease", &id, "r", "1"]).ok();
+    m.restart();
+    let restarted_at = Instant::now();
+    let ttl = ctl.run(&["lease", "timetolive", "--keys", &id]);
+    let text = ttl.ok().trim_end();
+    assert!(
+        text.starts_with(&format!("lease {id} granted with TTL(4s), remaining("))
+            && text.ends_with("attached keys([r])"),
+        "{text}"
+    );
+    assert_eq!(
+        ctl.run(&["lease", "list"]).ok(),
+        format!("found 1 leases\n{id}\n")
+    );
+    // Deadlines are not persisted: as on etcd, a restarted member counts a full TTL
+    // (plus an election timeout, for clients to come back) from its start, then
+    // expires the lease nobody renews.
+    wait_until(
+        "the lease to expire after the restart",
+        Duration::from_secs(15),
+        || {
+            let (there, read_done) = present(&ctl, "r");
+            (!there).then(|| assert!(read_done >= restarted_at + Duration::from_secs(4)))
+        },
+    )
+    .unwrap();
+}

@@ -170,3 +170,117 @@ fn restore_tracks_what_the_database_holds() {
     assert!(lessor.remaining(3).unwrap() >= 29);
     assert_eq!(list(&conn).unwrap(), [3]);
 }
+
+/// Lease entries as the Raft node applies them: through the state machine, with the
+/// results the proposer gets back.
+mod through_the_state_machine {
+    use prost::Message as _;
+    use raft::prelude::Entry;
+
+    use super::*;
+    use crate::proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseRevokeRequest};
+    use crate::proto::qetcdpb::{RaftRequest, raft_request::Request};
+    use crate::state_machine::{Applied, Completion, StateMachine};
+
+    fn entry(index: u64, request: Request) -> Entry {
+        let req = RaftRequest {
+            id: index,
+            origin: 7,
+            request: Some(request),
+        };
+        Entry {
+            index,
+            term: 1,
+            data: req.encode_to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn apply(sm: &mut StateMachine, conn: &Connection, index: u64, r: Request) -> Completion {
+        let mut done = Vec::new();
+        sm.apply(conn, &entry(index, r), &mut done).unwrap();
+        done.pop().expect("the proposer hears back")
+    }
+
+    #[test]
+    fn grant_put_renew_revoke() {
+        let (_d, conn) = db();
+        let lessor = Arc::new(Lessor::default());
+        let mut sm = StateMachine::with_lessor(&conn, 7, lessor.clone()).unwrap();
+        let grant = LeaseGrantRequest { ttl: 30, id: 42 };
+        match apply(&mut sm, &conn, 1, Request::LeaseGrant(grant)).result {
+            Ok(Applied::LeaseGrant(r)) => assert_eq!((r.id, r.ttl), (42, 30)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            apply(&mut sm, &conn, 2, Request::LeaseGrant(grant)).result,
+            Err(RequestError::LeaseExists)
+        ));
+        let put = PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            lease: 42,
+            ..Default::default()
+        };
+        apply(&mut sm, &conn, 3, Request::Put(put)).result.unwrap();
+        assert_eq!(sm.revisions().current, 2);
+        match apply(
+            &mut sm,
+            &conn,
+            4,
+            Request::LeaseRenew(LeaseKeepAliveRequest { id: 42 }),
+        )
+        .result
+        {
+            Ok(Applied::LeaseRenew(r)) => assert_eq!(r.ttl, 30),
+            other => panic!("{other:?}"),
+        }
+        match apply(
+            &mut sm,
+            &conn,
+            5,
+            Request::LeaseRevoke(LeaseRevokeRequest { id: 42 }),
+        )
+        .result
+        {
+            Ok(Applied::LeaseRevoke(r)) => assert_eq!(r.header.unwrap().revision, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            sm.revisions().current,
+            3,
+            "the key's deletion is revision 3"
+        );
+        assert!(lessor.is_empty());
+        match apply(
+            &mut sm,
+            &conn,
+            6,
+            Request::LeaseRenew(LeaseKeepAliveRequest { id: 42 }),
+        )
+        .result
+        {
+            Ok(Applied::LeaseRenew(r)) => assert_eq!(r.ttl, 0, "gone: TTL 0"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            apply(
+                &mut sm,
+                &conn,
+                7,
+                Request::LeaseRevoke(LeaseRevokeRequest { id: 42 })
+            )
+            .result,
+            Err(RequestError::LeaseNotFound)
+        ));
+        // A restarted member tracks the leases its database holds.
+        let grant = LeaseGrantRequest { ttl: 9, id: 43 };
+        apply(&mut sm, &conn, 8, Request::LeaseGrant(grant))
+            .result
+            .unwrap();
+        let fresh = Arc::new(Lessor::default());
+        StateMachine::with_lessor(&conn, 7, fresh.clone()).unwrap();
+        assert_eq!(fresh.len(), 1);
+        assert!(fresh.remaining(43).is_some());
+    }
+}
