@@ -13,10 +13,22 @@ pub struct Cluster {
 impl Cluster {
     /// Specs for `n` members named `<prefix>0..`, each on its own loopback address.
     pub fn specs(prefix: &str, n: usize, token: &str) -> Vec<MemberSpec> {
+        Self::specs_with(prefix, n, token, |_| {})
+    }
+
+    /// As [`Cluster::specs`], with `shape` applied to each spec before the initial
+    /// cluster is written down (so that it sees, say, an `https` peer scheme).
+    pub fn specs_with(
+        prefix: &str,
+        n: usize,
+        token: &str,
+        shape: impl Fn(&mut MemberSpec),
+    ) -> Vec<MemberSpec> {
         let mut specs: Vec<MemberSpec> = (0..n)
             .map(|i| {
                 let mut s = MemberSpec::new(&format!("{prefix}{i}"));
                 s.token = Some(token.to_string());
+                shape(&mut s);
                 s
             })
             .collect();

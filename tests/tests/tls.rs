@@ -6,29 +6,37 @@ use std::process::Command;
 use std::time::Duration;
 
 use qetcd_tests::pki::{Ca, Leaf, LeafSpec};
-use qetcd_tests::{Binary, Etcdctl, Member, MemberSpec, wait_until};
+use qetcd_tests::{Binary, Cluster, Etcdctl, Member, MemberSpec, wait_until};
 
 /// Three members with https client and peer URLs; `configure` adds the TLS flags.
 fn secure_specs(prefix: &str, configure: impl Fn(usize, &mut MemberSpec)) -> Vec<MemberSpec> {
-    let mut specs: Vec<MemberSpec> = (0..3)
-        .map(|i| {
-            let mut s = MemberSpec::new(&format!("{prefix}{i}"));
-            s.client_scheme = "https".into();
-            s.peer_scheme = "https".into();
-            s.token = Some(format!("{prefix}-token"));
-            s
-        })
-        .collect();
-    let cluster = specs
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.peer_url()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let mut specs = Cluster::specs_with(prefix, 3, &format!("{prefix}-token"), |s| {
+        s.client_scheme = "https".into();
+        s.peer_scheme = "https".into();
+    });
     for (i, s) in specs.iter_mut().enumerate() {
-        s.initial_cluster = Some(cluster.clone());
         configure(i, s);
     }
     specs
+}
+
+/// `etcdctl get` against `url` presenting `leaf` as client certificate.
+fn get_as(url: &str, ca: &str, leaf: &Leaf) -> qetcd_tests::Output {
+    Etcdctl::new(url)
+        .with_args(&args(&[
+            &"--cacert",
+            &ca,
+            &"--cert",
+            &leaf.cert,
+            &"--key",
+            &leaf.key,
+        ]))
+        .run(&[
+            "get",
+            "tls-key-0",
+            "--dial-timeout=3s",
+            "--command-timeout=4s",
+        ])
 }
 
 fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<String> {
@@ -190,21 +198,7 @@ fn seed_self_signed_setup_serves_and_refuses_what_it_must() {
     let other_dir = tempfile::tempdir().unwrap();
     let other_ca = Ca::new(other_dir.path(), "other-ca");
     let stranger = other_ca.issue("stranger", &LeafSpec::client("root"));
-    let out = Etcdctl::new(&url)
-        .with_args(&args(&[
-            &"--cacert",
-            &ca,
-            &"--cert",
-            &stranger.cert,
-            &"--key",
-            &stranger.key,
-        ]))
-        .run(&[
-            "get",
-            "tls-key-0",
-            "--dial-timeout=3s",
-            "--command-timeout=4s",
-        ]);
+    let out = get_as(&url, &ca, &stranger);
     assert!(
         !out.success,
         "a client certificate from another CA was accepted: {out:?}"
@@ -215,21 +209,7 @@ fn seed_self_signed_setup_serves_and_refuses_what_it_must() {
     expired.valid_from_days = -30;
     expired.valid_until_days = -1;
     let expired = pki.client_ca.issue("expired", &expired);
-    let out = Etcdctl::new(&url)
-        .with_args(&args(&[
-            &"--cacert",
-            &ca,
-            &"--cert",
-            &expired.cert,
-            &"--key",
-            &expired.key,
-        ]))
-        .run(&[
-            "get",
-            "tls-key-0",
-            "--dial-timeout=3s",
-            "--command-timeout=4s",
-        ]);
+    let out = get_as(&url, &ca, &expired);
     assert!(
         !out.success,
         "an expired client certificate was accepted: {out:?}"

@@ -134,7 +134,7 @@ pub fn configs(cfg: &Config) -> Result<PeerTls, TlsError> {
 /// Encryption with a certificate of our own, nobody's verified.
 fn unauthenticated(
     provider: Arc<rustls::crypto::CryptoProvider>,
-    key: Arc<key_files::ReloadingKeyPair>,
+    key: Arc<dyn rustls::server::ResolvesServerCert>,
 ) -> Result<PeerTls, TlsError> {
     let versions = [&rustls::version::TLS13];
     let server = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -166,20 +166,9 @@ fn throwaway(provider: Arc<rustls::crypto::CryptoProvider>) -> Result<PeerTls, T
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
         certified.signing_key.serialize_der(),
     ));
-    let versions = [&rustls::version::TLS13];
-    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)?
-        .with_no_client_auth()
-        .with_single_cert(vec![cert], key)?;
-    let client = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServerCertificate(provider)))
-        .with_no_client_auth();
-    Ok(PeerTls {
-        server,
-        client,
-        verified: false,
-        check_peer_address: false,
-    })
+    let key = rustls::sign::CertifiedKey::from_der(vec![cert], key, &provider)?;
+    unauthenticated(
+        provider,
+        Arc::new(rustls::sign::SingleCertAndKey::from(key)),
+    )
 }
