@@ -4,8 +4,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -21,6 +22,7 @@ pub struct Ca {
 pub struct Leaf {
     pub cert: PathBuf,
     pub key: PathBuf,
+    pub serial: u64,
 }
 
 /// What a leaf is for, and for how long.
@@ -104,16 +106,45 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         params.not_before = now + Duration::days(spec.valid_from_days);
         params.not_after = now + Duration::days(spec.valid_until_days);
+        static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1000);
+        let serial = NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         let leaf = Leaf {
             cert: self.dir.join(format!("{file_stem}.crt")),
             key: self.dir.join(format!("{file_stem}.key")),
+            serial,
         };
         std::fs::write(&leaf.key, key.serialize_pem()).expect("write key");
         std::fs::set_permissions(&leaf.key, std::fs::Permissions::from_mode(0o600))
             .expect("key mode");
         std::fs::write(&leaf.cert, cert.pem()).expect("write cert");
         leaf
+    }
+
+    /// A CRL (PEM) from this CA revoking `revoked`, written as `<name>.crl`.
+    pub fn revocation_list(&self, name: &str, revoked: &[&Leaf]) -> PathBuf {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::hours(1),
+            next_update: now + Duration::days(30),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|l| RevokedCertParams {
+                    serial_number: SerialNumber::from(l.serial),
+                    revocation_time: now - Duration::minutes(5),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).expect("sign crl");
+        let path = self.dir.join(format!("{name}.crl"));
+        std::fs::write(&path, crl.pem().expect("crl pem")).expect("write crl");
+        path
     }
 }

@@ -406,3 +406,40 @@ fn seed_auto_tls_setup_encrypts_both_sides() {
             .success
     );
 }
+
+#[test]
+fn a_revoked_client_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "client-ca");
+    let mut spec = MemberSpec::new("crl");
+    spec.client_scheme = "https".into();
+    let server = ca.issue("server", &LeafSpec::member("crl", &[&spec.ip]));
+    let good = ca.issue("good", &LeafSpec::client("root"));
+    let revoked = ca.issue("revoked", &LeafSpec::client("root"));
+    let crl = ca.revocation_list("client", &[&revoked]);
+    spec.extra_args = args(&[
+        &"--cert-file",
+        &server.cert,
+        &"--key-file",
+        &server.key,
+        &"--trusted-ca-file",
+        &ca.cert,
+        &"--client-crl-file",
+        &crl,
+    ]);
+    spec.etcdctl_args = args(&[
+        &"--cacert",
+        &ca.cert,
+        &"--cert",
+        &good.cert,
+        &"--key",
+        &good.key,
+    ]);
+    let m = Member::start(Binary::Qetcd, spec);
+    let url = m.client_url();
+    let ca_path = ca.cert.display().to_string();
+    assert!(get_as(&url, &ca_path, &good).success);
+    let out = get_as(&url, &ca_path, &revoked);
+    assert!(!out.success, "a revoked certificate was accepted: {out:?}");
+    wait_for_log(&m, "the revocation to be logged", "Revoked");
+}
