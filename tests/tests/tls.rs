@@ -426,6 +426,8 @@ fn a_revoked_client_certificate_is_refused() {
         &ca.cert,
         &"--client-crl-file",
         &crl,
+        &"--tls-min-version",
+        &"TLS1.3",
     ]);
     spec.etcdctl_args = args(&[
         &"--cacert",
@@ -442,4 +444,22 @@ fn a_revoked_client_certificate_is_refused() {
     let out = get_as(&url, &ca_path, &revoked);
     assert!(!out.success, "a revoked certificate was accepted: {out:?}");
     wait_for_log(&m, "the revocation to be logged", "Revoked");
+
+    // --tls-min-version TLS1.3: a TLS 1.2 handshake is refused, 1.3 is not.
+    let addr = format!("{}:2379", m.spec.ip);
+    let handshake = |version: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect {addr} {version} </dev/null >/dev/null 2>&1"
+            ))
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(
+        !handshake("-tls1_2"),
+        "TLS 1.2 accepted despite --tls-min-version TLS1.3"
+    );
+    assert!(handshake("-tls1_3"));
 }
