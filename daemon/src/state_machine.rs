@@ -14,9 +14,10 @@ use crate::error::RequestError;
 use crate::lease;
 use crate::membership::{self, Member};
 use crate::mvcc::{self, Revisions, WriteTxn};
+use crate::proto::etcdserverpb::LeaseRevokeRequest;
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use crate::proto::mvccpb::Event;
-use crate::proto::qetcdpb::{MemberRecord, RaftRequest, raft_request::Request};
+use crate::proto::qetcdpb::{LeaseExpire, MemberRecord, RaftRequest, raft_request::Request};
 use crate::storage::{Meta, StorageError};
 
 /// The result of applying one client request.
@@ -106,6 +107,8 @@ pub struct StateMachine {
     collect_events: bool,
     /// Lease deadlines, restarted by the lease entries applied here.
     lessor: std::sync::Arc<crate::lease::Lessor>,
+    /// The Raft term of the entry being applied (lease expiry is bound to it).
+    entry_term: u64,
 }
 
 impl StateMachine {
@@ -132,6 +135,7 @@ impl StateMachine {
             events: Vec::new(),
             collect_events: false,
             lessor,
+            entry_term: 0,
         })
     }
 
@@ -156,6 +160,7 @@ impl StateMachine {
             return Ok(None);
         }
         enter_generation(conn, self.applied_index, entry.index)?;
+        self.entry_term = entry.term;
         let conf_change = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => None, // a new leader's no-op
             EntryType::EntryNormal => {
@@ -297,9 +302,13 @@ impl StateMachine {
             Some(Request::LeaseGrant(g)) => {
                 Applied::LeaseGrant(lease::grant(conn, &self.lessor, &g, base.current)?)
             }
-            Some(Request::LeaseRevoke(r)) => {
+            Some(Request::LeaseExpire(e)) if e.term != self.entry_term => {
+                return Err(RequestError::LeaderChanged);
+            }
+            Some(Request::LeaseRevoke(LeaseRevokeRequest { id }))
+            | Some(Request::LeaseExpire(LeaseExpire { id, .. })) => {
                 let mut w = self.write_txn(conn);
-                let resp = lease::revoke(&mut w, &self.lessor, r.id)?;
+                let resp = lease::revoke(&mut w, &self.lessor, id)?;
                 self.finish_write(&mut w)?;
                 Applied::LeaseRevoke(resp)
             }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::RequestError;
-use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::proto::qetcdpb::LeaseExpire;
 use crate::proto::qetcdpb::raft_request::Request;
 use crate::raft_node::NodeHandle;
 
@@ -36,9 +36,10 @@ async fn run(node: NodeHandle, request_timeout: Duration) {
     loop {
         interval.tick().await;
         let lessor = node.lessor();
+        let term = node.term();
         // Both conditions: leading now, and promoted in this very term (a leader that
         // has not yet applied its predecessor's entries must not judge deadlines).
-        if node.leader() != Some(node.id()) || !lessor.is_primary(node.term()) {
+        if node.leader() != Some(node.id()) || !lessor.is_primary(term) {
             continue;
         }
         let expired = lessor.take_expired(Instant::now(), REVOKES_PER_POLL);
@@ -52,7 +53,8 @@ async fn run(node: NodeHandle, request_timeout: Duration) {
         for id in expired {
             let node = node.clone();
             round.spawn(async move {
-                let revoke = node.propose(Request::LeaseRevoke(LeaseRevokeRequest { id }));
+                // Bound to this term: applied only if committed in it (see LeaseExpire).
+                let revoke = node.propose(Request::LeaseExpire(LeaseExpire { id, term }));
                 (id, tokio::time::timeout(request_timeout, revoke).await)
             });
         }
@@ -61,8 +63,10 @@ async fn run(node: NodeHandle, request_timeout: Duration) {
                 Ok((id, Ok(Ok(_)))) => {
                     tracing::info!(lease = %format!("{id:016x}"), "lease expired; revoked")
                 }
-                // Revoked meanwhile by a client: nothing left to do.
-                Ok((_, Ok(Err(RequestError::LeaseNotFound)))) => {}
+                // Revoked meanwhile by a client: nothing left to do. Or the decision
+                // reached the log in a later term and was ignored: that term's leader
+                // judges again.
+                Ok((_, Ok(Err(RequestError::LeaseNotFound | RequestError::LeaderChanged)))) => {}
                 // Retried after the lessor's retry interval if still there.
                 Ok((id, Ok(Err(e)))) => {
                     tracing::warn!(lease = %format!("{id:016x}"), error = %e, "cannot revoke expired lease")

@@ -179,7 +179,7 @@ mod through_the_state_machine {
 
     use super::*;
     use crate::proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseRevokeRequest};
-    use crate::proto::qetcdpb::{RaftRequest, raft_request::Request};
+    use crate::proto::qetcdpb::{LeaseExpire, RaftRequest, raft_request::Request};
     use crate::state_machine::{Applied, Completion, StateMachine};
 
     fn entry(index: u64, request: Request) -> Entry {
@@ -273,9 +273,27 @@ mod through_the_state_machine {
             .result,
             Err(RequestError::LeaseNotFound)
         ));
+        // An expiry decided in another term than the one it is committed in is
+        // ignored; decided and committed in the same term, it revokes.
+        let grant = LeaseGrantRequest { ttl: 5, id: 44 };
+        apply(&mut sm, &conn, 8, Request::LeaseGrant(grant))
+            .result
+            .unwrap();
+        let stale = LeaseExpire { id: 44, term: 0 };
+        assert!(matches!(
+            apply(&mut sm, &conn, 9, Request::LeaseExpire(stale)).result,
+            Err(RequestError::LeaderChanged)
+        ));
+        assert!(exists(&conn, 44).unwrap());
+        let current = LeaseExpire { id: 44, term: 1 };
+        assert!(matches!(
+            apply(&mut sm, &conn, 10, Request::LeaseExpire(current)).result,
+            Ok(Applied::LeaseRevoke(_))
+        ));
+        assert!(!exists(&conn, 44).unwrap());
         // A restarted member tracks the leases its database holds.
         let grant = LeaseGrantRequest { ttl: 9, id: 43 };
-        apply(&mut sm, &conn, 8, Request::LeaseGrant(grant))
+        apply(&mut sm, &conn, 11, Request::LeaseGrant(grant))
             .result
             .unwrap();
         let fresh = Arc::new(Lessor::default());
