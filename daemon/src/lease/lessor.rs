@@ -4,7 +4,7 @@
 //! the authority on which leases exist, and this mirrors it (restored at start and
 //! after a snapshot, then kept in step by applying grants, revokes and keep-alives).
 //! Deadlines are not replicated: they are restarted from "now" wherever a keep-alive is
-//! applied, and only the leader acts on them, once promoted (see [`Lessor::promote`]).
+//! applied, and only the leader acts on them, once promoted (see [`Lessor::new_leader`]).
 //! Memory is one entry per granted lease, as the table.
 
 use std::collections::{BTreeSet, HashMap};
@@ -132,14 +132,17 @@ impl Lessor {
         self.state().remove(id);
     }
 
-    /// This member, leader of `term`, has applied every entry of earlier terms: from
-    /// now on its deadlines decide expiry. Every lease gets its full TTL plus an
-    /// election timeout from now, as etcd's `Promote`: whatever the old leader knew of
-    /// keep-alives, no client loses a lease it renewed in time.
-    pub fn promote(&self, term: u64) {
+    /// The leader of `term` has committed its first entry, and this member applied
+    /// it. Every lease gets its full TTL plus an election timeout from now, as etcd's
+    /// `Promote`: whatever the old leader knew of keep-alives, no client loses a lease
+    /// it renewed in time. If this member is that leader (`leading`), everything of
+    /// earlier terms is applied, and from now on its deadlines decide expiry.
+    pub fn new_leader(&self, term: u64, leading: bool) {
         let now = Instant::now();
         let mut s = self.state();
-        s.primary_term = term;
+        if leading {
+            s.primary_term = term;
+        }
         let leases: Vec<(i64, i64)> = s.leases.iter().map(|(id, t)| (*id, t.ttl)).collect();
         for (id, ttl) in leases {
             s.set(id, ttl, now + self.promote_extension + seconds(ttl));

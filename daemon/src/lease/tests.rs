@@ -148,7 +148,9 @@ fn promotion_gives_every_lease_a_full_ttl_plus_an_election_timeout() {
     let lessor = Lessor::new(1, Duration::from_millis(100), 10);
     lessor.refresh(1, 0);
     assert!(!lessor.is_primary(3));
-    lessor.promote(3);
+    lessor.new_leader(2, false);
+    assert!(!lessor.is_primary(2), "a follower never decides expiry");
+    lessor.new_leader(3, true);
     assert!(lessor.is_primary(3));
     assert!(!lessor.is_primary(4));
     // The 0 s lease now has one election timeout (1 s) left.

@@ -715,15 +715,16 @@ impl Node {
         self.machine
             .collect_events(self.status.events.has_subscribers());
         for entry in entries {
-            // A leader's own empty entry, applied: everything of earlier terms is
-            // applied too, so its lease deadlines may now decide expiry (etcd promotes
-            // its lessor at the same point).
+            // A new leader's empty entry, applied: every lease gets a full TTL again.
+            // On the leader itself everything of earlier terms is applied too, so its
+            // deadlines may now decide expiry (etcd promotes its lessor at the same
+            // point); followers extend alike so that they report the same TTLs.
             if entry.data.is_empty()
                 && entry.get_entry_type() == raft::prelude::EntryType::EntryNormal
-                && entry.term == self.raw.raft.term
-                && self.raw.raft.state == StateRole::Leader
             {
-                self.ids.lessor().promote(entry.term);
+                let leading =
+                    entry.term == self.raw.raft.term && self.raw.raft.state == StateRole::Leader;
+                self.ids.lessor().new_leader(entry.term, leading);
             }
             if let Some(cc) = self
                 .machine
