@@ -747,6 +747,16 @@ fn deb_on_three_systemd_hosts() {
             2,
             "PrivateUsers maps root and qetcd only: {uid_map}"
         );
+        // ProtectProc=invisible and ProcSubset=pid: the service's own /proc mount.
+        let mounts = n.must(&["cat", &format!("/proc/{pid}/mountinfo")]);
+        let proc_mount = mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some("/proc"))
+            .unwrap_or_else(|| panic!("no /proc mount:\n{mounts}"));
+        assert!(
+            proc_mount.contains("hidepid=invisible") && proc_mount.contains("subset=pid"),
+            "ProtectProc/ProcSubset not applied: {proc_mount}"
+        );
         let stat = n.must(&["cat", &format!("/proc/{pid}/stat")]);
         let nice = stat
             .rsplit(')')
