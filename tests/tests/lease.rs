@@ -301,10 +301,10 @@ fn a_kept_alive_lease_outlives_a_leader_failover() {
     let ttl = Duration::from_secs(4);
     // Granted through different members: distinct IDs all the same.
     let kept = grant(&ctl1, 4);
+    let left_at = Instant::now();
     let left = grant(&ctl2, 4);
     assert_ne!(kept, left);
     ctl1.run(&["put", "--lease", &kept, "kept", "1"]).ok();
-    let left_at = Instant::now();
     ctl2.run(&["put", "--lease", &left, "left", "1"]).ok();
     let keep = KeepAlive::start(&c.members[f1].client_url(), &kept);
     wait_until("a first keep-alive answer", Duration::from_secs(10), || {

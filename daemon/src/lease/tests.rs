@@ -304,3 +304,12 @@ mod through_the_state_machine {
         assert!(fresh.remaining(43).is_some());
     }
 }
+
+#[test]
+fn the_longest_ttl_fits_in_a_deadline() {
+    let lessor = Lessor::default();
+    lessor.refresh(1, MAX_TTL);
+    lessor.new_leader(1, true);
+    assert!(lessor.remaining(1).unwrap() >= MAX_TTL - 1);
+    assert!(lessor.take_expired(Instant::now(), 10).is_empty());
+}
