@@ -429,3 +429,62 @@ fn a_paused_leader_does_not_expire_a_lease_kept_alive_meanwhile() {
     }
     assert!(keep.answered(&id) > answered, "{}", keep.output());
 }
+
+#[test]
+fn a_member_that_catches_up_from_a_snapshot_knows_the_leases_and_expires_them_as_leader() {
+    let specs = Cluster::specs_with("lease-snap", 3, "lease-snap", |s| {
+        // Compact the log every 50 entries, keeping 10: a short absence outruns it.
+        s.extra_args.extend(
+            ["--snapshot-count", "50", "--snapshot-catchup-entries", "10"].map(String::from),
+        );
+    });
+    let mut c = Cluster::start(Binary::Qetcd, specs);
+    let leader = c.wait_for_leader(&[0, 1, 2]);
+    let absent = (leader + 1) % 3;
+    let absent_id = c.member_id(absent);
+    c.members[absent].kill9();
+    let ctl = c.members[leader].etcdctl();
+    let gone = grant(&ctl, 60);
+    ctl.run(&["put", "--lease", &gone, "gone", "1"]).ok();
+    ctl.run(&["lease", "revoke", &gone]).ok();
+    for i in 0..80 {
+        ctl.run(&["put", &format!("fill/{i:03}"), "v"]).ok();
+    }
+    let short_at = Instant::now();
+    let short = grant(&ctl, 10);
+    ctl.run(&["put", "--lease", &short, "short", "1"]).ok();
+    c.members[absent].restart();
+    wait_until("a snapshot installed", Duration::from_secs(30), || {
+        c.members[absent]
+            .logs()
+            .contains("installed snapshot from leader")
+            .then_some(())
+    })
+    .unwrap();
+    let there = c.members[absent].etcdctl();
+    assert_eq!(
+        there.run(&["lease", "list"]).ok(),
+        format!("found 1 leases\n{short}\n")
+    );
+    assert!(
+        there
+            .run(&["lease", "timetolive", "--keys", &short])
+            .ok()
+            .trim_end()
+            .ends_with("attached keys([short])")
+    );
+    // Leading, it expires the lease it learnt of from the snapshot.
+    ctl.run(&["move-leader", &format!("{absent_id:x}")]).ok();
+    wait_until("the lease to expire", Duration::from_secs(30), || {
+        let (present, read_done) = present(&there, "short");
+        (!present).then(|| assert!(read_done >= short_at + Duration::from_secs(10)))
+    })
+    .unwrap();
+    assert!(
+        c.members[absent]
+            .logs()
+            .contains(&format!("lease expired; revoked lease={short}")),
+        "the new leader did not revoke it:\n{}",
+        c.members[absent].logs()
+    );
+}
