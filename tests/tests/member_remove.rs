@@ -66,9 +66,10 @@ fn a_member_removed_while_down_is_refused_by_its_peers() {
     let victim = (leader + 1) % 3;
     let victim_id = cluster.member_id(victim);
     cluster.members[victim].kill9();
-    let out = cluster.members[leader]
-        .etcdctl()
-        .run(&["member", "remove", &format!("{victim_id:x}")]);
+    let out =
+        cluster.members[leader]
+            .etcdctl()
+            .run(&["member", "remove", &format!("{victim_id:x}")]);
     assert!(out.ok().contains("removed from cluster"), "{out:?}");
 
     // It does not know; its peers tell it, and it gives up with the same status.
@@ -76,7 +77,12 @@ fn a_member_removed_while_down_is_refused_by_its_peers() {
     let status = cluster.members[victim]
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("still running:\n{}", cluster.members[victim].logs()));
-    assert_eq!(status.code(), Some(78), "{}", cluster.members[victim].logs());
+    assert_eq!(
+        status.code(),
+        Some(78),
+        "{}",
+        cluster.members[victim].logs()
+    );
     assert!(
         cluster.members[leader]
             .logs()
