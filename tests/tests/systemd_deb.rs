@@ -861,6 +861,60 @@ fn deb_on_three_systemd_hosts() {
         "{journal}"
     );
 
+    // A member removed from the cluster exits 78, and systemd leaves it down
+    // (RestartPreventExitStatus=78) instead of restarting it into a refusal loop.
+    let removed = &lab.nodes[2];
+    let list = lab.nodes[0].etcdctl(
+        &lab.nodes[0].client_url(),
+        &["member", "list", "-w", "json"],
+    );
+    let members: serde_json::Value = serde_json::from_slice(&list.stdout)
+        .unwrap_or_else(|e| panic!("member list: {e}: {}", text(&list)));
+    let id = members["members"]
+        .as_array()
+        .and_then(|ms| ms.iter().find(|m| m["name"] == "infra2"))
+        .and_then(|m| m["ID"].as_u64())
+        .unwrap_or_else(|| panic!("infra2 not in {members}"));
+    let restarts_before = removed.prop("NRestarts");
+    let out = lab.nodes[0].etcdctl(
+        &lab.endpoints(&[0, 1]),
+        &["member", "remove", &format!("{id:x}")],
+    );
+    assert!(out.status.success(), "member remove: {}", text(&out));
+    wait_until(
+        "the removed member's unit to fail with 78",
+        Duration::from_secs(60),
+        || {
+            let [state, code] =
+                <[String; 2]>::try_from(removed.show(&["ActiveState", "ExecMainStatus"])).unwrap();
+            (state == "failed" && code == "78").then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", removed.journal("30")));
+    // Past RestartSec=5s: still down, never restarted.
+    let watch_until = Instant::now() + Duration::from_secs(7);
+    while Instant::now() < watch_until {
+        let [state, restarts] =
+            <[String; 2]>::try_from(removed.show(&["ActiveState", "NRestarts"])).unwrap();
+        assert_eq!(
+            (state.as_str(), restarts.as_str()),
+            ("failed", restarts_before.as_str()),
+            "a removed member was restarted"
+        );
+    }
+    let status = removed.exec(&["systemctl", "status", UNIT, "--no-pager", "-n", "5"]);
+    report(&format!(
+        "--- node 2 after member remove ---\n{}",
+        String::from_utf8_lossy(&status.stdout)
+    ));
+    let two = lab.endpoints(&[0, 1]);
+    let put = lab.nodes[0].etcdctl(&two, &["put", "after-remove", "ok"]);
+    assert!(
+        put.status.success(),
+        "the two remaining members do not serve: {}",
+        text(&put)
+    );
+
     // Purging the package keeps the member's data (and the host's env file).
     let p = &lab.nodes[2];
     p.must(&["dpkg", "--purge", "qetcd"]);
