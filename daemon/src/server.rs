@@ -181,6 +181,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<(), 
         }
     };
     tracker.abort();
+    if removed {
+        // Left in `systemctl status` next to the exit status, so it says why.
+        notifier.stopping(&format!(
+            "removed from the cluster; exiting with status {EXIT_REMOVED}"
+        ));
+    }
     let _ = stop_tx.send(true);
     transport.shutdown();
     for l in listeners {
