@@ -891,6 +891,11 @@ fn deb_on_three_systemd_hosts() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", removed.journal("30")));
+    let last_status = removed.prop("StatusText");
+    assert!(
+        last_status.starts_with("removed from the cluster"),
+        "last status: {last_status}"
+    );
     // Past RestartSec=5s: still down, never restarted.
     let watch_until = Instant::now() + Duration::from_secs(7);
     while Instant::now() < watch_until {
