@@ -5,6 +5,7 @@
 //! without port clashes, and every process is killed when its handle drops, even when
 //! the test panics.
 
+pub mod bench;
 pub mod cluster;
 pub mod etcdctl;
 pub mod member;

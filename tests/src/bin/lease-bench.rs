@@ -9,16 +9,10 @@
 
 use std::time::{Duration, Instant};
 
+use qetcd_tests::bench::{flag_value, percentile_ms};
+
 use anyhow::{Context, Result, bail};
 use etcd_client::Client;
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
-}
 
 async fn keep_alive_rate(endpoint: &str, leases: usize, seconds: u64) -> Result<()> {
     let mut client = Client::connect([endpoint], None).await?;
@@ -59,9 +53,9 @@ async fn keep_alive_rate(endpoint: &str, leases: usize, seconds: u64) -> Result<
         "{{\"leases\":{leases},\"keepalives\":{},\"per_second\":{:.0},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"max_ms\":{:.2}}}",
         all.len(),
         all.len() as f64 / elapsed,
-        percentile(&all, 0.5),
-        percentile(&all, 0.99),
-        percentile(&all, 1.0),
+        percentile_ms(&all, 0.5),
+        percentile_ms(&all, 0.99),
+        percentile_ms(&all, 1.0),
     );
     Ok(())
 }
@@ -69,12 +63,7 @@ async fn keep_alive_rate(endpoint: &str, leases: usize, seconds: u64) -> Result<
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |name: &str| flag_value(&args, name);
     let endpoint = flag("--endpoint").unwrap_or_else(|| "http://127.0.0.1:2379".into());
     let leases = flag("--leases").map_or(Ok(100), |v| v.parse())?;
     let seconds = flag("--seconds").map_or(Ok(5), |v| v.parse())?;

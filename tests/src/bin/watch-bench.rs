@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use qetcd_tests::bench::{flag_value, percentile_ms};
+
 use anyhow::{Context, Result, bail};
 use etcd_client::{Client, WatchOptions};
 
@@ -25,14 +27,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .nth(1)
         .context("VmRSS value")?
         .parse()?)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 async fn latency(endpoint: &str, watchers: usize, puts: usize) -> Result<()> {
@@ -97,11 +91,11 @@ async fn latency(endpoint: &str, watchers: usize, puts: usize) -> Result<()> {
     println!(
         "{{\"watchers\":{watchers},\"puts\":{puts},\"events\":{},\"missing\":{missing},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3},\"from_request_p50_ms\":{:.3},\"from_request_p99_ms\":{:.3}}}",
         lat.len(),
-        percentile(&lat, 0.50),
-        percentile(&lat, 0.99),
+        percentile_ms(&lat, 0.50),
+        percentile_ms(&lat, 0.99),
         lat.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        percentile(&from_request, 0.50),
-        percentile(&from_request, 0.99),
+        percentile_ms(&from_request, 0.50),
+        percentile_ms(&from_request, 0.99),
     );
     Ok(())
 }
@@ -139,12 +133,7 @@ async fn idle(endpoint: &str, pid: u32, watches: usize) -> Result<()> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
+    let flag = |name: &str| flag_value(&args, name);
     let endpoint = flag("--endpoint").unwrap_or_else(|| "http://127.0.0.1:2379".into());
     match args
         .iter()
