@@ -94,43 +94,17 @@ pub fn build(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Rendere
             let dir = layout::host_pki(name);
             // The service reads its keys through the group; nobody else gets in.
             plan.dir(&dir, 0o750, Owner::RootService);
-            let cert = Owner::RootService;
-            plan.file(
-                dir.join("peer-ca.crt"),
-                pki.peer_ca.cert_pem.as_str(),
-                0o644,
-                cert,
-            );
-            plan.file(
-                dir.join("client-ca.crt"),
-                pki.client_ca.cert_pem.as_str(),
-                0o644,
-                cert,
-            );
-            plan.file(
-                dir.join("peer.crt"),
-                certs.peer.cert_pem.as_str(),
-                0o644,
-                cert,
-            );
-            plan.file(
-                dir.join("peer.key"),
-                certs.peer.key_pem.as_str(),
-                0o640,
-                cert,
-            );
-            plan.file(
-                dir.join("server.crt"),
-                certs.server.cert_pem.as_str(),
-                0o644,
-                cert,
-            );
-            plan.file(
-                dir.join("server.key"),
-                certs.server.key_pem.as_str(),
-                0o640,
-                cert,
-            );
+            // Certificates world-readable, keys for the service group only.
+            for (name, pem, mode) in [
+                ("peer-ca.crt", pki.peer_ca.cert_pem.as_str(), 0o644),
+                ("client-ca.crt", pki.client_ca.cert_pem.as_str(), 0o644),
+                ("peer.crt", certs.peer.cert_pem.as_str(), 0o644),
+                ("peer.key", certs.peer.key_pem.as_str(), 0o640),
+                ("server.crt", certs.server.cert_pem.as_str(), 0o644),
+                ("server.key", certs.server.key_pem.as_str(), 0o640),
+            ] {
+                plan.file(dir.join(name), pem, mode, Owner::RootService);
+            }
         }
         let admin = layout::admin();
         plan.file(

@@ -20,6 +20,14 @@ fn secure_specs(prefix: &str, configure: impl Fn(usize, &mut MemberSpec)) -> Vec
     specs
 }
 
+/// A read that gives up quickly: every refusal test expects it to fail.
+const QUICK_GET: &[&str] = &[
+    "get",
+    "tls-key-0",
+    "--dial-timeout=3s",
+    "--command-timeout=4s",
+];
+
 /// `etcdctl get` against `url` presenting `leaf` as client certificate.
 fn get_as(url: &str, ca: &str, leaf: &Leaf) -> qetcd_tests::Output {
     Etcdctl::new(url)
@@ -182,12 +190,7 @@ fn seed_self_signed_setup_serves_and_refuses_what_it_must() {
 
     // No client certificate while client auth is on.
     let anonymous = Etcdctl::new(&url).with_args(&args(&[&"--cacert", &ca]));
-    let out = anonymous.run(&[
-        "get",
-        "tls-key-0",
-        "--dial-timeout=3s",
-        "--command-timeout=4s",
-    ]);
+    let out = anonymous.run(QUICK_GET);
     assert!(
         !out.success,
         "a client without certificate was served: {out:?}"
@@ -222,12 +225,7 @@ fn seed_self_signed_setup_serves_and_refuses_what_it_must() {
 
     // Plaintext to the https listener.
     let plain = Etcdctl::new(&url.replace("https://", "http://"));
-    let out = plain.run(&[
-        "get",
-        "tls-key-0",
-        "--dial-timeout=3s",
-        "--command-timeout=4s",
-    ]);
+    let out = plain.run(QUICK_GET);
     assert!(
         !out.success,
         "plaintext was served on an https listener: {out:?}"
