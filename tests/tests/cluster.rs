@@ -145,8 +145,10 @@ fn leader_kill_9_under_write_load_loses_no_acknowledged_write() {
             .map(|kvs| {
                 kvs.iter()
                     .map(|kv| {
-                        let key =
-                            String::from_utf8(decode_b64(kv["key"].as_str().unwrap())).unwrap();
+                        let key = String::from_utf8(qetcd_tests::etcdctl::base64_decode(
+                            kv["key"].as_str().unwrap(),
+                        ))
+                        .unwrap();
                         (key, kv["mod_revision"].as_i64().unwrap())
                     })
                     .collect()
@@ -283,22 +285,6 @@ fn move_leader_and_sigterm_hand_leadership_over() {
     let new_leader = c.wait_for_leader(&others);
     assert_ne!(new_leader, target);
     let _ = status;
-}
-
-fn decode_b64(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let mut acc = 0u32;
-    let mut bits = 0;
-    for c in s.bytes().filter(|c| *c != b'=') {
-        acc = (acc << 6) | ALPHABET.iter().position(|a| *a == c).unwrap() as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 #[test]

@@ -62,7 +62,7 @@ impl WatchProcess {
                 let kv = &e["kv"];
                 let text = |v: &serde_json::Value| {
                     v.as_str()
-                        .map(|s| String::from_utf8(b64(s)).unwrap())
+                        .map(|s| String::from_utf8(qetcd_tests::etcdctl::base64_decode(s)).unwrap())
                         .unwrap_or_default()
                 };
                 out.push((
@@ -104,25 +104,6 @@ impl Drop for WatchProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Standard base64 (etcdctl's JSON output encodes bytes that way).
-fn b64(s: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut bits = 0u32;
-    let mut n = 0;
-    let mut out = Vec::new();
-    for c in s.bytes().filter(|c| *c != b'=') {
-        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
-        bits = bits << 6 | v;
-        n += 6;
-        if n >= 8 {
-            n -= 8;
-            out.push((bits >> n) as u8);
-            bits &= (1 << n) - 1;
-        }
-    }
-    out
 }
 
 #[test]
