@@ -417,6 +417,33 @@ async fn progress_filters_and_cancel_through_a_rust_client() {
         deletes_only,
         "the cancelled watcher stays quiet"
     );
+
+    // With no watcher left the stream lets go of the event feed; a new watch on the
+    // same stream takes it up again and misses nothing.
+    stream.cancel(deletes_only).await.unwrap();
+    loop {
+        let resp = stream.message().await.unwrap().unwrap();
+        if resp.canceled() {
+            break;
+        }
+    }
+    stream
+        .watch("p/", Some(WatchOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created());
+    let put = c.put("p/d", "4", None).await.unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.watch_id(), created.watch_id());
+    assert_eq!(
+        resp.events()[0].kv().unwrap().mod_revision(),
+        put.header().unwrap().revision()
+    );
 }
 
 /// A watcher that stops reading must not hold up writes or other watchers; when it

@@ -130,8 +130,8 @@ impl Session {
         match req.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
-                let revision = self.current_revision().await;
-                if self.watchers.remove(&cancel.watch_id).is_some() {
+                let revision = self.current_revision();
+                if self.remove(cancel.watch_id) {
                     let mut resp = self.response(cancel.watch_id, revision);
                     resp.canceled = true;
                     self.send(resp).await?;
@@ -140,14 +140,14 @@ impl Session {
             }
             Some(RequestUnion::ProgressRequest(_)) => {
                 // Every watcher is caught up whenever this task reads a request.
-                let revision = self.current_revision().await;
+                let revision = self.current_revision();
                 self.send(self.response(PROGRESS_WATCH_ID, revision)).await
             }
             None => Ok(()),
         }
     }
 
-    async fn current_revision(&self) -> i64 {
+    fn current_revision(&self) -> i64 {
         self.ctx
             .node
             .status()
@@ -198,8 +198,18 @@ impl Session {
         self.catch_up(id, revs.current).await
     }
 
+    /// Removes a watcher; the last one also ends the stream's feed subscription, so
+    /// that writes stop collecting events for a stream that watches nothing.
+    fn remove(&mut self, id: i64) -> bool {
+        let removed = self.watchers.remove(&id).is_some();
+        if self.watchers.is_empty() {
+            self.feed = None;
+        }
+        removed
+    }
+
     async fn cancel_compacted(&mut self, id: i64, revs: Revisions) -> Result<(), Gone> {
-        self.watchers.remove(&id);
+        self.remove(id);
         let mut resp = self.response(id, revs.current);
         resp.canceled = true;
         resp.compact_revision = revs.compacted;
@@ -351,7 +361,7 @@ impl Session {
 
     /// Periodic progress for watchers that asked for it: the revision they are at.
     async fn notify_progress(&mut self) -> Result<(), Gone> {
-        let revision = self.current_revision().await;
+        let revision = self.current_revision();
         let ids: Vec<i64> = self
             .watchers
             .iter()

@@ -92,3 +92,69 @@ pub(crate) fn client_verifier(
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     Ok(Arc::new(RestrictedClientVerifier { inner, allowed }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Parsed;
+
+    fn config(dir: &Path, extra: &[&str]) -> Config {
+        let data = dir.join("data");
+        let mut args = vec![
+            "qetcd".to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--listen-client-urls".into(),
+            "https://127.0.0.1:2379".into(),
+            "--advertise-client-urls".into(),
+            "https://127.0.0.1:2379".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        match Config::parse(args, &[]).unwrap() {
+            Parsed::Run { config, .. } => *config,
+            _ => panic!("not a run configuration"),
+        }
+    }
+
+    #[test]
+    fn client_cert_auth_without_a_ca_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = auto_tls::ensure(&dir.path().join("certs"), &["127.0.0.1".into()], 1).unwrap();
+        let (cert, key) = (
+            pair.cert.display().to_string(),
+            pair.key.display().to_string(),
+        );
+        let cfg = config(
+            dir.path(),
+            &[
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--client-cert-auth",
+            ],
+        );
+        let err = server_config(&cfg).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--client-cert-auth needs --trusted-ca-file"),
+            "{err}"
+        );
+        // With the CA it builds, and demands client certificates.
+        let cfg = config(
+            dir.path(),
+            &[
+                "--cert-file",
+                &cert,
+                "--key-file",
+                &key,
+                "--trusted-ca-file",
+                &cert,
+            ],
+        );
+        let tls = server_config(&cfg).unwrap().expect("https listener config");
+        assert_eq!(
+            tls.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+    }
+}
