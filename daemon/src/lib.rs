@@ -10,7 +10,8 @@
 //! - [`mvcc`], [`watch`], [`lease`], [`membership`]: etcd's data model on that database.
 //! - [`api`]: the gRPC services and HTTP endpoints; [`error`] what clients are told.
 //! - [`tls`]: certificates and TLS configs for client listeners and peers.
-//! - [`server`]: one member assembled from these parts; [`notify`] tells systemd how it is doing.
+//! - [`server`]: one member and its lifecycle (start, serve, stop), and the tasks that
+//!   drive the Raft node on its behalf; [`notify`] speaks systemd's notify protocol.
 
 pub mod api;
 pub mod bootstrap;

@@ -3,7 +3,8 @@
 //! The protocol is one unix datagram per notification, `KEY=value` lines, sent to the
 //! socket named by `$NOTIFY_SOCKET` (a path, or `@name` for Linux's abstract namespace).
 //! That is small enough to speak directly with std's `UnixDatagram`, which keeps a C
-//! library and its build out of the daemon.
+//! library and its build out of the daemon. A leaf: what the member's progress is, the
+//! member samples itself (`server::progress`); this module only words and sends it.
 //!
 //! What the member says, and when (see [`track`]):
 //! - `STATUS=` while it starts: which of "waiting for peers n/N", "waiting for leader
@@ -25,9 +26,6 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use crate::raft_node::NodeHandle;
-use crate::transport::PeerTransport;
 
 /// `$NOTIFY_SOCKET` names no socket we can send to.
 #[derive(Debug, thiserror::Error)]
@@ -194,6 +192,15 @@ pub fn watchdog_interval(
     Some(Duration::from_micros(usec / 2))
 }
 
+/// [`watchdog_interval`] for this process, from systemd's `WATCHDOG_USEC`/`WATCHDOG_PID`.
+pub fn watchdog_from_env() -> Option<Duration> {
+    let env = |k| std::env::var(k).ok();
+    watchdog_interval(
+        env("WATCHDOG_USEC").as_deref(),
+        env("WATCHDOG_PID").as_deref(),
+    )
+}
+
 /// What a starting (or running) member can see of itself and its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Progress {
@@ -268,42 +275,6 @@ pub async fn track(
             notifier.status(&text);
         }
     }
-}
-
-/// Starts [`track`] for a member: its Raft node, its peers, and the `published` flag the
-/// server raises once the member's attributes are committed. The watchdog interval
-/// comes from systemd's `WATCHDOG_USEC`/`WATCHDOG_PID`.
-pub fn start(
-    notifier: &Notifier,
-    node: NodeHandle,
-    peers: PeerTransport,
-    published: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    let env = |k| std::env::var(k).ok();
-    let watchdog = watchdog_interval(
-        env("WATCHDOG_USEC").as_deref(),
-        env("WATCHDOG_PID").as_deref(),
-    );
-    if let Some(every) = watchdog {
-        tracing::info!(every = ?every, "sending systemd watchdog pings");
-    }
-    tokio::spawn(track(
-        notifier.clone(),
-        published,
-        watchdog,
-        move |published| {
-            let (others, connected) = peers.peer_counts();
-            let status = node.status();
-            Progress {
-                members: others + 1,
-                reachable: connected + 1,
-                leader: node.leader(),
-                commit_index: status.commit_index.load(Ordering::Acquire),
-                applied_index: status.applied_index.load(Ordering::Acquire),
-                published,
-            }
-        },
-    ))
 }
 
 #[cfg(test)]

@@ -84,11 +84,11 @@ impl Lease for LeaseService {
         }
         // Raised here rather than in apply, so every member stores the same TTL even
         // if their timing flags differ.
-        req.ttl = req.ttl.max(self.ctx.node.lessor().min_ttl());
+        req.ttl = req.ttl.max(self.ctx.lessor.min_ttl());
         let generated = req.id == 0;
         for _ in 0..GRANT_ATTEMPTS {
             if generated {
-                req.id = self.ctx.node.lessor().next_id();
+                req.id = self.ctx.lessor.next_id();
             }
             match propose(&self.ctx, RaftRequest::LeaseGrant(req)).await {
                 Ok(Applied::LeaseGrant(mut resp)) => {
@@ -175,7 +175,7 @@ impl Lease for LeaseService {
             Some((granted, keys)) => LeaseTimeToLiveResponse {
                 header: Some(self.ctx.header(revision)),
                 id,
-                ttl: self.ctx.node.lessor().remaining(id).unwrap_or(granted),
+                ttl: self.ctx.lessor.remaining(id).unwrap_or(granted),
                 granted_ttl: granted,
                 keys,
             },

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::RequestError;
+use crate::lease::Lessor;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
@@ -22,6 +23,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::raft_node::NodeHandle;
 use crate::storage::{ReaderPool, StorageError};
+use crate::watch::EventFeed;
 
 /// The etcd version qetcd presents to clients (`Status.version`, `/version`).
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -31,6 +33,10 @@ pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
 /// What every service needs: the Raft node, read connections, identity and limits.
 pub struct ApiContext {
     pub node: NodeHandle,
+    /// Lease deadlines (TTLs to report, IDs to hand out), kept by the Raft node.
+    pub lessor: Arc<Lessor>,
+    /// Committed changes, for watchers.
+    pub events: Arc<EventFeed>,
     pub readers: ReaderPool,
     pub cluster_id: u64,
     pub member_id: u64,

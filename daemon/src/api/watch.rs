@@ -157,7 +157,7 @@ impl Session {
 
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), Gone> {
         if self.feed.is_none() {
-            self.feed = Some(self.ctx.node.status().events.subscribe());
+            self.feed = Some(self.ctx.events.subscribe());
         }
         let revs = match self.revisions().await {
             Ok(r) => r,

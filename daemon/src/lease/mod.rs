@@ -5,15 +5,15 @@
 //! are Raft entries; applying them changes that state in the batch transaction
 //! ([`apply`]). What is not: each lease's deadline, which lives in memory on every
 //! member ([`Lessor`]), restarted by every applied keep-alive. Only the leader acts on
-//! deadlines ([`expiry`]): it proposes a revoke for each lease past its deadline, so
-//! an expiry reaches every member as an ordinary revoke. That revoke names the term it
-//! was decided in and is ignored if committed in another: a decision re-proposed
-//! through a later leader may have missed keep-alives. A new leader first extends
-//! every deadline to a full TTL from the moment it has applied its predecessor's
-//! entries, as etcd's `Promote` does, so no lease expires because of a failover.
+//! deadlines (`server::lease_expiry`): it proposes a revoke for each lease past its
+//! deadline, so an expiry reaches every member as an ordinary revoke. That revoke names
+//! the term it was decided in and is ignored if committed in another: a decision
+//! re-proposed through a later leader may have missed keep-alives. A new leader first
+//! extends every deadline to a full TTL from the moment it has applied its
+//! predecessor's entries, as etcd's `Promote` does, so no lease expires because of a
+//! failover.
 
 mod apply;
-pub mod expiry;
 mod lessor;
 
 use rusqlite::{Connection, OptionalExtension, params};

@@ -21,9 +21,11 @@ use raft::{RawNode, StateRole, Storage};
 use tokio::sync::{Notify, oneshot};
 
 use crate::error::RequestError;
+use crate::lease::Lessor;
 use crate::proto::qetcdpb::{RaftRequest, raft_request::Request};
 use crate::state_machine::{ApplyResult, Completion, StateMachine};
 use crate::storage::{Durability, RaftLog, StorageError};
+use crate::watch::EventFeed;
 
 pub use waiters::{ProposalReply, ReadReply};
 use waiters::{Proposals, Reads};
@@ -108,8 +110,6 @@ pub struct NodeStatus {
     pub removed: AtomicBool,
     /// Notified whenever the applied index moves.
     pub applied: Notify,
-    /// Committed changes, for watchers.
-    pub events: crate::watch::EventFeed,
 }
 
 /// Cheap, cloneable handle to the Raft node.
@@ -119,8 +119,6 @@ pub struct NodeHandle {
     commands: Sender<Command>,
     status: Arc<NodeStatus>,
     next_request: Arc<AtomicU64>,
-    /// Lease deadlines, kept by applying lease entries (see `lease`).
-    lessor: Arc<crate::lease::Lessor>,
 }
 
 impl NodeHandle {
@@ -162,8 +160,6 @@ impl NodeHandle {
         rx.await.unwrap_or(Err(RequestError::Timeout))
     }
 
-    /// Asks the leader to hand leadership over and returns the chosen member; the
-    /// handover itself completes when that member has caught up and won its election.
     /// Proposes a membership change. Raft takes one at a time and only with a leader;
     /// a refused change is `NoLeader` or, with a change still pending, `Timeout` after
     /// the caller's deadline. Completion is seen in the applied membership.
@@ -189,6 +185,8 @@ impl NodeHandle {
         }
     }
 
+    /// Asks the leader to hand leadership over and returns the chosen member; the
+    /// handover itself completes when that member has caught up and won its election.
     pub async fn transfer_leadership(&self, target: Option<u64>) -> Result<u64, RequestError> {
         let (reply, rx) = oneshot::channel();
         self.commands
@@ -235,10 +233,6 @@ impl NodeHandle {
         request.encoded_len() + 2 * 11
     }
 
-    pub fn lessor(&self) -> &Arc<crate::lease::Lessor> {
-        &self.lessor
-    }
-
     fn next_request_id(&self) -> u64 {
         self.next_request.fetch_add(1, Ordering::Relaxed)
     }
@@ -277,6 +271,15 @@ impl Storage for SharedLog {
     }
 }
 
+/// What the node keeps up to date as it applies entries, for the rest of the member to
+/// read: lease deadlines (the API and lease expiry) and committed changes (watchers).
+/// The member owns them; the node only writes to them.
+#[derive(Clone, Default)]
+pub struct AppliedState {
+    pub lessor: Arc<Lessor>,
+    pub events: Arc<EventFeed>,
+}
+
 /// Starts the node thread on an opened state database.
 ///
 /// `conn` is the writing connection; the database must already be bootstrapped (IDs,
@@ -286,6 +289,7 @@ pub fn start(
     cfg: NodeConfig,
     conn: rusqlite::Connection,
     outbox: Box<dyn PeerOutbox>,
+    applied: AppliedState,
 ) -> Result<
     (
         NodeHandle,
@@ -307,18 +311,13 @@ pub fn start(
         commands: tx,
         status: status.clone(),
         next_request: Arc::new(AtomicU64::new(seed)),
-        lessor: Arc::new(crate::lease::Lessor::new(
-            cfg.id,
-            cfg.tick_interval,
-            cfg.election_ticks,
-        )),
     };
     let id_source = handle.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("raft".into())
         .spawn(move || {
-            let mut node = match Node::new(cfg, conn, outbox, status, id_source) {
+            let mut node = match Node::new(cfg, conn, outbox, status, id_source, applied) {
                 Ok(n) => {
                     let _ = ready_tx.send(Ok(()));
                     n
@@ -348,6 +347,8 @@ struct Node {
     outbox: Box<dyn PeerOutbox>,
     status: Arc<NodeStatus>,
     ids: NodeHandle,
+    lessor: Arc<Lessor>,
+    events: Arc<EventFeed>,
     proposals: Proposals,
     reads: Reads,
     /// Applied index at the last log compaction.
@@ -369,8 +370,10 @@ impl Node {
         outbox: Box<dyn PeerOutbox>,
         status: Arc<NodeStatus>,
         ids: NodeHandle,
+        applied: AppliedState,
     ) -> Result<Self, StorageError> {
-        let machine = StateMachine::with_lessor(&conn, cfg.id, ids.lessor().clone())?;
+        let AppliedState { lessor, events } = applied;
+        let machine = StateMachine::with_lessor(&conn, cfg.id, lessor.clone())?;
         let checkpointer = conn
             .path()
             .filter(|p| !p.is_empty())
@@ -426,6 +429,8 @@ impl Node {
             outbox,
             status,
             ids,
+            lessor,
+            events,
             proposals: Proposals::default(),
             reads: Reads::default(),
             completions: Vec::new(),
@@ -688,7 +693,7 @@ impl Node {
             crate::storage::snapshot::install_attached(batch.conn())?;
             batch.reset_to_snapshot(meta.index, meta.term, meta.get_conf_state())?;
             let machine =
-                StateMachine::with_lessor(batch.conn(), self.cfg.id, self.ids.lessor().clone())?;
+                StateMachine::with_lessor(batch.conn(), self.cfg.id, self.lessor.clone())?;
             batch.commit()?;
             self.machine = machine;
             Ok(())
@@ -712,8 +717,7 @@ impl Node {
         batch: &mut crate::storage::LogBatch<'_>,
         entries: &[Entry],
     ) -> Result<(), StorageError> {
-        self.machine
-            .collect_events(self.status.events.has_subscribers());
+        self.machine.collect_events(self.events.has_subscribers());
         for entry in entries {
             // A new leader's empty entry, applied: every lease gets a full TTL again.
             // On the leader itself everything of earlier terms is applied too, so its
@@ -724,7 +728,7 @@ impl Node {
             {
                 let leading =
                     entry.term == self.raw.raft.term && self.raw.raft.state == StateRole::Leader;
-                self.ids.lessor().new_leader(entry.term, leading);
+                self.lessor.new_leader(entry.term, leading);
             }
             if let Some(cc) = self
                 .machine
@@ -777,7 +781,7 @@ impl Node {
         let revision = self.machine.revisions().current;
         let events = self.machine.take_events();
         if revision > self.published_revision {
-            self.status.events.publish(crate::watch::EventBatch {
+            self.events.publish(crate::watch::EventBatch {
                 first: self.published_revision + 1,
                 last: revision,
                 events,

@@ -59,6 +59,7 @@ async fn proposals_apply_in_order_and_survive_restart() {
         node_config(1000),
         storage::open_writer(&path).unwrap(),
         Box::new(NoPeers),
+        AppliedState::default(),
     )
     .unwrap();
     let mut revisions = Vec::new();
@@ -88,6 +89,7 @@ async fn proposals_apply_in_order_and_survive_restart() {
         node_config(1000),
         storage::open_writer(&path).unwrap(),
         Box::new(NoPeers),
+        AppliedState::default(),
     )
     .unwrap();
     assert_eq!(node.status().revision.load(Ordering::Acquire), 71);
@@ -104,6 +106,7 @@ async fn log_is_compacted_every_snapshot_count_entries() {
         node_config(10),
         storage::open_writer(&path).unwrap(),
         Box::new(NoPeers),
+        AppliedState::default(),
     )
     .unwrap();
     for i in 0..40 {

@@ -1,9 +1,13 @@
-//! The leader's side of expiry: find leases past their deadline and propose their
+//! The leader's side of lease expiry: find leases past their deadline and propose their
 //! revocation, so that expiry reaches every member as an ordinary replicated revoke.
+//! It lives with the member rather than in `lease`: it drives the Raft node, while the
+//! lease module is what the node applies.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::RequestError;
+use crate::lease::Lessor;
 use crate::proto::qetcdpb::LeaseExpire;
 use crate::proto::qetcdpb::raft_request::Request;
 use crate::raft_node::NodeHandle;
@@ -26,16 +30,15 @@ impl Drop for ExpiryTask {
 
 /// Starts the loop on the current tokio runtime. It runs on every member and acts only
 /// while the member is a promoted leader.
-pub fn start(node: NodeHandle, request_timeout: Duration) -> ExpiryTask {
-    ExpiryTask(tokio::spawn(run(node, request_timeout)))
+pub fn start(node: NodeHandle, lessor: Arc<Lessor>, request_timeout: Duration) -> ExpiryTask {
+    ExpiryTask(tokio::spawn(run(node, lessor, request_timeout)))
 }
 
-async fn run(node: NodeHandle, request_timeout: Duration) {
+async fn run(node: NodeHandle, lessor: Arc<Lessor>, request_timeout: Duration) {
     let mut interval = tokio::time::interval(POLL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let lessor = node.lessor();
         let term = node.term();
         // Both conditions: leading now, and promoted in this very term (a leader that
         // has not yet applied its predecessor's entries must not judge deadlines).
