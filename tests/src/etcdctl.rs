@@ -3,6 +3,11 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+/// Debian's etcdctl (package etcd-client), by absolute path: a PATH lookup finds
+/// whichever etcdctl was installed last (a pip-installed etcd 3.5 shadows it, and offers
+/// only TLS 1.2), so the client under test would change under a running suite.
+pub const ETCDCTL: &str = "/usr/bin/etcdctl";
+
 /// What one etcdctl run printed.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -51,7 +56,7 @@ impl Etcdctl {
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new("etcdctl")
+        let mut child = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(&self.endpoints)

@@ -89,7 +89,7 @@ impl Hosts {
     /// Debian's etcdctl, run inside host `i`.
     pub fn etcdctl(&self, i: usize, endpoints: &str, args: &[&str]) -> crate::Output {
         let out = self
-            .command(i, Path::new("/usr/bin/etcdctl"))
+            .command(i, Path::new(crate::etcdctl::ETCDCTL))
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoints, "--command-timeout=10s"])
             .args(args)

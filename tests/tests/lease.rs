@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use qetcd_tests::etcdctl::ETCDCTL;
 use qetcd_tests::{Binary, Cluster, Etcdctl, Member, MemberSpec, Output, wait_until};
 
 /// `etcdctl lease grant` → the lease ID (hex, as etcdctl prints and takes it).
@@ -52,7 +53,7 @@ impl KeepAlive {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("keep-alive.out");
         let file = std::fs::File::create(&out).unwrap();
-        let child = Command::new("etcdctl")
+        let child = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoint, "lease", "keep-alive", id])
             .stdin(Stdio::null())

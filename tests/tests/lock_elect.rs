@@ -7,10 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use qetcd_tests::etcdctl::ETCDCTL;
 use qetcd_tests::{Binary, Member, MemberSpec, wait_until};
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> Command {
-    let mut c = Command::new("etcdctl");
+    let mut c = Command::new(ETCDCTL);
     c.env("ETCDCTL_API", "3")
         .arg("--endpoints")
         .arg(endpoint)

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use qetcd_tests::etcdctl::ETCDCTL;
 use qetcd_tests::{Binary, Cluster, Member, MemberSpec, wait_until};
 
 /// `etcdctl watch ... -w json` in the background; its responses, one JSON per line.
@@ -17,7 +18,7 @@ struct WatchProcess {
 
 impl WatchProcess {
     fn start(endpoints: &str, args: &[&str]) -> WatchProcess {
-        let mut child = Command::new("etcdctl")
+        let mut child = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")
             .arg("--endpoints")
             .arg(endpoints)
@@ -197,7 +198,7 @@ fn watch_from_a_past_revision_replays_history_then_follows() {
 
     // From a compacted revision: etcd's error.
     ctl.run(&["compaction", &rev.to_string()]).ok();
-    let out = Command::new("etcdctl")
+    let out = Command::new(ETCDCTL)
         .env("ETCDCTL_API", "3")
         .args([
             "--endpoints",
