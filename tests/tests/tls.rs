@@ -461,7 +461,10 @@ fn a_revoked_client_certificate_is_refused() {
             .stdin(std::process::Stdio::null())
             .output()
             .expect("openssl runs");
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (accepted, said) = handshake("-tls1_2");
     assert!(
