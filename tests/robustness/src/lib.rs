@@ -1,0 +1,14 @@
+//! The robustness tier: a three-member qetcd cluster on network namespaces of its own,
+//! concurrent etcd clients recording every call and return, one injected fault per run,
+//! and checkers that read the recording afterwards.
+//!
+//! The checkers trust nothing but the history: [`linearizability`] (per key, with the
+//! etcd model in [`model`]), [`revisions`] (the one global revision counter, across
+//! keys) and [`watch_check`] (etcd's watch guarantees). A failed check writes the
+//! history and the failing window to a file ([`report`]).
+
+pub mod history;
+pub mod linearizability;
+pub mod model;
+pub mod revisions;
+pub mod watch_check;
