@@ -3,7 +3,7 @@
 //! The TTL in a grant entry is final: the proposing member already raised it to the
 //! minimum, so every member stores the same value whatever its own timing flags.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::Lessor;
 use crate::error::RequestError;
@@ -35,8 +35,7 @@ pub fn grant(
     if super::exists(conn, req.id)? {
         return Err(RequestError::LeaseExists);
     }
-    conn.prepare_cached("INSERT INTO leases (id, ttl) VALUES (?1, ?2)")?
-        .execute(params![req.id, req.ttl])?;
+    crate::storage::leases::insert(conn, req.id, req.ttl)?;
     lessor.refresh(req.id, req.ttl);
     Ok(LeaseGrantResponse {
         header: header(revision),
@@ -60,8 +59,7 @@ pub fn revoke(
     for key in super::keys(conn, id)? {
         w.delete_keys(&KeyRange::Single(key), false)?;
     }
-    conn.prepare_cached("DELETE FROM leases WHERE id = ?1")?
-        .execute(params![id])?;
+    crate::storage::leases::delete(conn, id)?;
     lessor.remove(id);
     Ok(LeaseRevokeResponse {
         header: header(w.revision()),

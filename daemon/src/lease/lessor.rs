@@ -104,14 +104,7 @@ impl Lessor {
     /// from now (at start-up or after installing a snapshot). Keeps the primary term:
     /// a promotion holds until the term changes.
     pub fn restore(&self, conn: &Connection) -> Result<(), RequestError> {
-        let mut rows = Vec::new();
-        {
-            let mut stmt = conn.prepare_cached("SELECT id, ttl FROM leases")?;
-            let mut q = stmt.query([])?;
-            while let Some(r) = q.next()? {
-                rows.push((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?));
-            }
-        }
+        let rows = crate::storage::leases::all(conn)?;
         let now = Instant::now();
         let mut s = self.state();
         s.leases.clear();

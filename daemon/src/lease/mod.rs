@@ -1,7 +1,7 @@
 //! Leases: TTL-bound ownership of keys.
 //!
 //! What is replicated and persisted: which leases exist and their granted TTL (table
-//! `leases`), and which keys they own (`kv_live.lease`). Grant, revoke and keep-alive
+//! `leases`), and which keys they own (the lease of each key's newest version). Grant, revoke and keep-alive
 //! are Raft entries; applying them changes that state in the batch transaction
 //! ([`apply`]). What is not: each lease's deadline, which lives in memory on every
 //! member ([`Lessor`]), restarted by every applied keep-alive. Only the leader acts on
@@ -16,7 +16,7 @@
 mod apply;
 mod lessor;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 
 pub use apply::{grant, renew, revoke};
 pub use lessor::Lessor;
@@ -33,24 +33,18 @@ pub fn exists(conn: &Connection, id: i64) -> Result<bool, RequestError> {
 
 /// The TTL lease `id` was granted with, if it exists.
 pub fn granted_ttl(conn: &Connection, id: i64) -> Result<Option<i64>, RequestError> {
-    Ok(conn
-        .prepare_cached("SELECT ttl FROM leases WHERE id = ?1")?
-        .query_row(params![id], |r| r.get(0))
-        .optional()?)
+    Ok(crate::storage::leases::granted_ttl(conn, id)?)
 }
 
 /// The keys attached to lease `id`, in key order.
 pub fn keys(conn: &Connection, id: i64) -> Result<Vec<Vec<u8>>, RequestError> {
-    let mut stmt = conn.prepare_cached("SELECT key FROM kv_live WHERE lease = ?1 ORDER BY key")?;
-    let rows = stmt.query_map(params![id], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    Ok(crate::storage::keyspace::lease_keys(conn, id)?)
 }
 
 /// Every granted lease, in ID order.
 pub fn list(conn: &Connection) -> Result<Vec<i64>, RequestError> {
-    let mut stmt = conn.prepare_cached("SELECT id FROM leases ORDER BY id")?;
-    let rows = stmt.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let all = crate::storage::leases::all(conn)?;
+    Ok(all.into_iter().map(|(id, _)| id).collect())
 }
 
 /// etcd's `minLeaseTTL`: a lease must outlive the election that may follow a leader's

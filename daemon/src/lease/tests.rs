@@ -86,21 +86,24 @@ fn revoke_deletes_the_attached_keys_in_one_revision() {
         7,
         "both deletions share revision 7"
     );
-    let live: Vec<Vec<u8>> = conn
-        .prepare("SELECT key FROM kv_live ORDER BY key")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let all = crate::mvcc::range(
+        &conn,
+        &crate::proto::etcdserverpb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        },
+        Revisions { current: 7, ..revs },
+    )
+    .unwrap();
+    let live: Vec<Vec<u8>> = all.kvs.into_iter().map(|kv| kv.key).collect();
     assert_eq!(live, [b"c".to_vec(), b"d".to_vec()]);
-    let tombstones: i64 = conn
-        .query_row(
-            "SELECT COUNT(*) FROM kv_history WHERE mod_rev = 7 AND tombstone = 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let mut tombstones = 0;
+    crate::storage::keyspace::for_each_revision::<crate::storage::StorageError>(&conn, |row| {
+        tombstones += i32::from(row.main == 7 && row.tombstone);
+        Ok(std::ops::ControlFlow::Continue(()))
+    })
+    .unwrap();
     assert_eq!(tombstones, 2);
     assert!(!exists(&conn, 7).unwrap());
     assert!(lessor.remaining(7).is_none());

@@ -1,9 +1,10 @@
 //! `KV.Compact`: forgetting history up to a revision.
 
-use rusqlite::{Connection, params};
+use rusqlite::Connection;
 
 use super::Revisions;
 use crate::error::RequestError;
+use crate::storage::keyspace;
 
 /// Removes every revision at or below `rev` that a read at `rev` or later can no longer
 /// see: all but the newest version of each key, and that one too if it is a tombstone.
@@ -15,12 +16,7 @@ pub fn compact(conn: &Connection, revs: Revisions, rev: i64) -> Result<Revisions
     if rev > revs.current {
         return Err(RequestError::FutureRevision);
     }
-    conn.prepare_cached(
-        "DELETE FROM kv_history WHERE mod_rev <= ?1 AND (tombstone = 1 OR mod_rev < (
-            SELECT MAX(h.mod_rev) FROM kv_history h
-            WHERE h.key = kv_history.key AND h.mod_rev <= ?1))",
-    )?
-    .execute(params![rev])?;
+    keyspace::compact(conn, rev)?;
     Ok(Revisions {
         current: revs.current,
         compacted: rev,

@@ -2,23 +2,21 @@
 //!
 //! Every change creates a revision: a put writes the key's new version, a delete writes
 //! a tombstone, and all changes of one request share one main revision (told apart by
-//! a sub-revision). `kv_live` holds the newest version of each live key, so reads at the
-//! current revision are plain index scans; `kv_history` holds every revision not yet
-//! compacted, for reads at past revisions and for watch history.
+//! a sub-revision). How those revisions are stored is `storage::keyspace`'s business;
+//! this module holds etcd's rules on top of it.
 //!
 //! Reads ([`range`]) run on any connection; writes ([`WriteTxn`]) only inside the Raft
 //! thread's batch transaction.
 
 mod compaction;
-mod key_range;
 mod range;
 mod txn;
 mod write;
 
 use rusqlite::Connection;
 
+pub use crate::storage::KeyRange;
 pub use compaction::compact;
-pub use key_range::KeyRange;
 pub use range::range;
 pub use txn::{apply_txn, check_put, check_range, check_txn};
 pub use write::WriteTxn;

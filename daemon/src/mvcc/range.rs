@@ -1,12 +1,16 @@
 //! `KV.Range`: reading keys at the current or a past revision.
 
-use rusqlite::{Connection, params_from_iter, types::Value};
+use std::cmp::Ordering;
+use std::ops::ControlFlow;
+
+use rusqlite::Connection;
 
 use super::{KeyRange, Revisions};
 use crate::error::RequestError;
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use crate::proto::mvccpb::KeyValue;
+use crate::storage::keyspace::{self, At, Scan};
 
 /// Executes a range read in the caller's transaction.
 ///
@@ -21,27 +25,12 @@ pub fn range(
 ) -> Result<RangeResponse, RequestError> {
     revs.check_read(req.revision)?;
     let range = KeyRange::new(&req.key, &req.range_end);
-    let (cond, keys) = range.sql();
-    let mut params: Vec<Value> = keys.iter().map(|k| Value::Blob(k.to_vec())).collect();
-
-    let source = if req.revision <= 0 || req.revision >= revs.current {
-        format!("SELECT key, create_rev, mod_rev, version, value, lease FROM kv_live WHERE {cond}")
+    let at = if req.revision <= 0 || req.revision >= revs.current {
+        At::Current
     } else {
-        // The newest version of each key at or below the revision; the bare columns come
-        // from the row holding MAX(mod_rev), as SQLite guarantees for a lone MAX().
-        params.push(Value::Integer(req.revision));
-        format!(
-            "SELECT key, create_rev, mod_rev, version, value, lease FROM (
-                SELECT key, create_rev, MAX(mod_rev) AS mod_rev, version, value, lease, tombstone
-                FROM kv_history WHERE {cond} AND mod_rev <= ? GROUP BY key)
-             WHERE tombstone = 0"
-        )
+        At::Revision(req.revision)
     };
-
-    let count: i64 = conn
-        .prepare_cached(&format!("SELECT COUNT(*) FROM ({source})"))?
-        .query_row(params_from_iter(params.iter()), |r| r.get(0))?;
-
+    let count = keyspace::count(conn, &range, at)?;
     let header = Some(ResponseHeader {
         revision: revs.current,
         ..Default::default()
@@ -55,43 +44,33 @@ pub fn range(
         });
     }
 
-    let mut filters = Vec::new();
-    for (value, clause) in [
-        (req.min_mod_revision, "mod_rev >= ?"),
-        (req.max_mod_revision, "mod_rev <= ?"),
-        (req.min_create_revision, "create_rev >= ?"),
-        (req.max_create_revision, "create_rev <= ?"),
-    ] {
-        if value != 0 {
-            filters.push(clause);
-            params.push(Value::Integer(value));
-        }
-    }
-    let filter = if filters.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", filters.join(" AND "))
+    let (target, descending) = sort_of(req)?;
+    let by_key = target == SortTarget::Key;
+    // In key order the scan can stop once it has one more than the limit.
+    let wanted = match req.limit {
+        l if l > 0 && by_key => Some(l as usize + 1),
+        _ => None,
     };
-
-    let order = order_by(req)?;
-    let limit = if req.limit > 0 { req.limit + 1 } else { -1 };
-    params.push(Value::Integer(limit));
-    let value_col = if req.keys_only { "x''" } else { "value" };
-    let sql = format!(
-        "SELECT key, create_rev, mod_rev, version, {value_col}, lease FROM ({source}) {filter}
-         ORDER BY {order} LIMIT ?"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(params.iter()))?;
+    let scan = Scan {
+        at,
+        descending: by_key && descending,
+        values: !req.keys_only,
+    };
     let mut kvs = Vec::new();
-    while let Some(row) = rows.next()? {
-        kvs.push(KeyValue {
-            key: row.get(0)?,
-            create_revision: row.get(1)?,
-            mod_revision: row.get(2)?,
-            version: row.get(3)?,
-            value: row.get(4)?,
-            lease: row.get(5)?,
+    keyspace::scan(conn, &range, scan, |kv| {
+        if passes_filters(req, &kv) {
+            kvs.push(kv);
+        }
+        match wanted {
+            Some(n) if kvs.len() >= n => ControlFlow::Break(()),
+            _ => ControlFlow::Continue(()),
+        }
+    })?;
+    if !by_key {
+        // Stable: keys (the scan's order) break ties, so results are deterministic.
+        kvs.sort_by(|a, b| {
+            let o = compare_by(target, a, b);
+            if descending { o.reverse() } else { o }
         });
     }
     let more = req.limit > 0 && kvs.len() as i64 > req.limit;
@@ -106,8 +85,15 @@ pub fn range(
     })
 }
 
-/// The ORDER BY clause for a request; keys break ties so results are deterministic.
-fn order_by(req: &RangeRequest) -> Result<&'static str, RequestError> {
+fn passes_filters(req: &RangeRequest, kv: &KeyValue) -> bool {
+    (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+        && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+        && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+        && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+}
+
+/// The sort target and whether it is descending.
+fn sort_of(req: &RangeRequest) -> Result<(SortTarget, bool), RequestError> {
     let target =
         SortTarget::try_from(req.sort_target).map_err(|_| RequestError::InvalidSortOption)?;
     let mut order =
@@ -116,17 +102,15 @@ fn order_by(req: &RangeRequest) -> Result<&'static str, RequestError> {
     if target != SortTarget::Key && order == SortOrder::None {
         order = SortOrder::Ascend;
     }
-    let descend = order == SortOrder::Descend;
-    Ok(match (target, descend) {
-        (SortTarget::Key, false) => "key ASC",
-        (SortTarget::Key, true) => "key DESC",
-        (SortTarget::Version, false) => "version ASC, key ASC",
-        (SortTarget::Version, true) => "version DESC, key ASC",
-        (SortTarget::Create, false) => "create_rev ASC, key ASC",
-        (SortTarget::Create, true) => "create_rev DESC, key ASC",
-        (SortTarget::Mod, false) => "mod_rev ASC, key ASC",
-        (SortTarget::Mod, true) => "mod_rev DESC, key ASC",
-        (SortTarget::Value, false) => "value ASC, key ASC",
-        (SortTarget::Value, true) => "value DESC, key ASC",
-    })
+    Ok((target, order == SortOrder::Descend))
+}
+
+fn compare_by(target: SortTarget, a: &KeyValue, b: &KeyValue) -> Ordering {
+    match target {
+        SortTarget::Key => a.key.cmp(&b.key),
+        SortTarget::Version => a.version.cmp(&b.version),
+        SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+        SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+        SortTarget::Value => a.value.cmp(&b.value),
+    }
 }

@@ -1,13 +1,16 @@
 //! Puts and deletes: the changes that create revisions.
 
-use rusqlite::{Connection, OptionalExtension, params, params_from_iter, types::Value};
+use std::ops::ControlFlow;
+
+use rusqlite::Connection;
 
 use super::{KeyRange, Revisions};
 use crate::error::RequestError;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader,
 };
-use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::proto::mvccpb::{Event, KeyValue};
+use crate::storage::keyspace::{self, At, RevisionRow, Scan};
 
 /// The changes of one client request (a put, a delete or a whole txn). They all share
 /// one main revision — `current + 1` — which exists only if something changed.
@@ -72,26 +75,8 @@ impl<'c> WriteTxn<'c> {
         })
     }
 
-    fn live(&self, key: &[u8]) -> Result<Option<KeyValue>, RequestError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT create_rev, mod_rev, version, value, lease FROM kv_live WHERE key = ?1",
-        )?;
-        Ok(stmt
-            .query_row(params![key], |r| {
-                Ok(KeyValue {
-                    key: key.to_vec(),
-                    create_revision: r.get(0)?,
-                    mod_revision: r.get(1)?,
-                    version: r.get(2)?,
-                    value: r.get(3)?,
-                    lease: r.get(4)?,
-                })
-            })
-            .optional()?)
-    }
-
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, RequestError> {
-        let prev = self.live(&req.key)?;
+        let prev = keyspace::live(self.conn, &req.key)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(RequestError::KeyNotFound);
         }
@@ -106,49 +91,36 @@ impl<'c> WriteTxn<'c> {
         if lease != 0 && !crate::lease::exists(self.conn, lease)? {
             return Err(RequestError::LeaseNotFound);
         }
-        let rev = self.base.current + 1;
-        let sub = self.changes;
-        let (create_rev, version) = match &prev {
+        let main = self.base.current + 1;
+        let (create_revision, version) = match &prev {
             Some(p) => (p.create_revision, p.version + 1),
-            None => (rev, 1),
+            None => (main, 1),
         };
-        self.conn
-            .prepare_cached(
-                "INSERT INTO kv_live (key, create_rev, mod_rev, version, value, lease)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev,
-                   mod_rev = excluded.mod_rev, version = excluded.version,
-                   value = excluded.value, lease = excluded.lease",
-            )?
-            .execute(params![req.key, create_rev, rev, version, value, lease])?;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO kv_history
-                   (key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
-            )?
-            .execute(params![
-                req.key, rev, sub, create_rev, version, value, lease
-            ])?;
-        self.changes += 1;
-        if self.collect {
-            self.events.push(Event {
-                r#type: EventType::Put as i32,
-                kv: Some(KeyValue {
-                    key: req.key.clone(),
-                    create_revision: create_rev,
-                    mod_revision: rev,
-                    version,
-                    value: value.to_vec(),
-                    lease,
-                }),
-                prev_kv: None,
-            });
-        }
+        let row = RevisionRow {
+            key: req.key.clone(),
+            main,
+            sub: self.changes,
+            create_revision,
+            version,
+            value: value.to_vec(),
+            lease,
+            tombstone: false,
+        };
+        self.record(row)?;
         Ok(PutResponse {
             header: self.header(),
             prev_kv: if req.prev_kv { prev } else { None },
         })
+    }
+
+    /// Stores one change and counts it; keeps its event if events are collected.
+    fn record(&mut self, row: RevisionRow) -> Result<(), RequestError> {
+        keyspace::write(self.conn, &row)?;
+        self.changes += 1;
+        if self.collect {
+            self.events.push(row.into_event());
+        }
+        Ok(())
     }
 
     pub fn delete_range(
@@ -171,50 +143,25 @@ impl<'c> WriteTxn<'c> {
         range: &KeyRange,
         want_prev: bool,
     ) -> Result<(i64, Vec<KeyValue>), RequestError> {
-        let (cond, keys) = range.sql();
-        let params: Vec<Value> = keys.iter().map(|k| Value::Blob(k.to_vec())).collect();
         let mut victims = Vec::new();
-        {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT key, create_rev, mod_rev, version, value, lease FROM kv_live
-                 WHERE {cond} ORDER BY key"
-            ))?;
-            let mut rows = stmt.query(params_from_iter(params.iter()))?;
-            while let Some(r) = rows.next()? {
-                victims.push(KeyValue {
-                    key: r.get(0)?,
-                    create_revision: r.get(1)?,
-                    mod_revision: r.get(2)?,
-                    version: r.get(3)?,
-                    value: if want_prev { r.get(4)? } else { Vec::new() },
-                    lease: r.get(5)?,
-                });
-            }
-        }
-        let rev = self.base.current + 1;
-        let mut delete = self
-            .conn
-            .prepare_cached("DELETE FROM kv_live WHERE key = ?1")?;
-        let mut tombstone = self.conn.prepare_cached(
-            "INSERT INTO kv_history
-               (key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone)
-             VALUES (?1, ?2, ?3, 0, 0, x'', 0, 1)",
-        )?;
+        let scan = Scan {
+            at: At::Current,
+            descending: false,
+            values: want_prev,
+        };
+        keyspace::scan(self.conn, range, scan, |kv| {
+            victims.push(kv);
+            ControlFlow::Continue(())
+        })?;
+        let main = self.base.current + 1;
         for kv in &victims {
-            delete.execute(params![kv.key])?;
-            tombstone.execute(params![kv.key, rev, self.changes])?;
-            self.changes += 1;
-            if self.collect {
-                self.events.push(Event {
-                    r#type: EventType::Delete as i32,
-                    kv: Some(KeyValue {
-                        key: kv.key.clone(),
-                        mod_revision: rev,
-                        ..Default::default()
-                    }),
-                    prev_kv: None,
-                });
-            }
+            self.record(RevisionRow {
+                key: kv.key.clone(),
+                main,
+                sub: self.changes,
+                tombstone: true,
+                ..Default::default()
+            })?;
         }
         let n = victims.len() as i64;
         Ok((n, if want_prev { victims } else { Vec::new() }))

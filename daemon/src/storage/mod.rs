@@ -8,6 +8,9 @@
 //! beside the writer without blocking it.
 
 mod checkpointer;
+mod key_range;
+pub mod keyspace;
+pub mod leases;
 mod meta;
 mod raft_log;
 mod readers;
@@ -20,6 +23,7 @@ mod conformance;
 use std::path::{Path, PathBuf};
 
 pub use checkpointer::Checkpointer;
+pub use key_range::KeyRange;
 pub use meta::Meta;
 pub use raft_log::{Durability, LogBatch, RaftLog};
 pub use readers::{ReadGuard, ReaderPool};
@@ -34,6 +38,9 @@ pub enum StorageError {
     /// A stored record could not be decoded.
     #[error("corrupt state database: {0}")]
     Corrupt(String),
+    /// A bulk import was asked of a store that already holds data.
+    #[error("the store is not empty; an import needs an empty one")]
+    NotEmpty,
     /// The data directory could not be prepared.
     #[error("cannot access data directory {path}: {source}")]
     DataDir {

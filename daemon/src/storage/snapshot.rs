@@ -11,10 +11,8 @@ use rusqlite::{Connection, params};
 
 use super::{Meta, StorageError};
 
-/// Tables whose content is the replicated state.
-const REPLICATED_TABLES: &[&str] = &[
-    "kv_live",
-    "kv_history",
+/// Tables whose content is the replicated state, besides the key space's.
+const OTHER_REPLICATED_TABLES: &[&str] = &[
     "leases",
     "members",
     "applied_requests_0",
@@ -86,7 +84,10 @@ pub fn attached_applied_index(conn: &Connection) -> Result<u64, StorageError> {
 /// Replaces the replicated state with that of the snapshot attached as `snap`, inside
 /// the caller's transaction.
 pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
-    for table in REPLICATED_TABLES {
+    for table in super::keyspace::TABLES
+        .iter()
+        .chain(OTHER_REPLICATED_TABLES)
+    {
         conn.execute(&format!("DELETE FROM main.{table}"), [])?;
         conn.execute(
             &format!("INSERT INTO main.{table} SELECT * FROM snap.{table}"),

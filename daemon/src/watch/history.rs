@@ -1,10 +1,13 @@
-//! Reading past events from `kv_history`.
+//! Reading past events from the stored revisions.
 
-use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value};
+use std::ops::ControlFlow;
+
+use rusqlite::Connection;
 
 use crate::error::RequestError;
 use crate::mvcc::KeyRange;
-use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
+use crate::proto::mvccpb::{Event, KeyValue};
+use crate::storage::keyspace;
 
 /// Events of revisions `from..=to` on keys in `range`, in revision order: whole
 /// revisions, until about `byte_budget` bytes of keys and values are read. Returns the
@@ -19,60 +22,20 @@ pub fn events(
     if from > to {
         return Ok((Vec::new(), from));
     }
-    let (cond, keys) = range.sql();
-    let mut args = vec![Value::Integer(from), Value::Integer(to)];
-    args.extend(keys.iter().map(|k| Value::Blob(k.to_vec())));
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT key, mod_rev, create_rev, version, value, lease, tombstone FROM kv_history
-         WHERE mod_rev >= ?1 AND mod_rev <= ?2 AND {cond}
-         ORDER BY mod_rev, sub_rev"
-    ))?;
-    let mut rows = stmt.query(params_from_iter(args.iter()))?;
     let mut out: Vec<Event> = Vec::new();
     let mut bytes = 0;
-    // Rows stream from SQLite in revision order; stop between two revisions.
-    while let Some(r) = rows.next()? {
-        let event = event_of_row(r)?;
-        let revision = revision_of(&event);
-        if bytes >= byte_budget && out.last().is_some_and(|l| revision_of(l) != revision) {
-            return Ok((out, revision));
+    let mut next = to + 1;
+    // Changes come in revision order; stop between two revisions.
+    keyspace::changes(conn, range, from, to, |row| {
+        if bytes >= byte_budget && out.last().is_some_and(|l| revision_of(l) != row.main) {
+            next = row.main;
+            return ControlFlow::Break(());
         }
-        bytes += event
-            .kv
-            .as_ref()
-            .map_or(0, |kv| kv.key.len() + kv.value.len());
-        out.push(event);
-    }
-    Ok((out, to + 1))
-}
-
-fn event_of_row(r: &rusqlite::Row<'_>) -> Result<Event, RequestError> {
-    let tombstone: bool = r.get(6)?;
-    let kv = if tombstone {
-        KeyValue {
-            key: r.get(0)?,
-            mod_revision: r.get(1)?,
-            ..Default::default()
-        }
-    } else {
-        KeyValue {
-            key: r.get(0)?,
-            mod_revision: r.get(1)?,
-            create_revision: r.get(2)?,
-            version: r.get(3)?,
-            value: r.get(4)?,
-            lease: r.get(5)?,
-        }
-    };
-    Ok(Event {
-        r#type: if tombstone {
-            EventType::Delete as i32
-        } else {
-            EventType::Put as i32
-        },
-        kv: Some(kv),
-        prev_kv: None,
-    })
+        bytes += row.key.len() + row.value.len();
+        out.push(row.into_event());
+        ControlFlow::Continue(())
+    })?;
+    Ok((out, next))
 }
 
 pub fn revision_of(e: &Event) -> i64 {
@@ -85,27 +48,7 @@ pub fn previous(
     key: &[u8],
     revision: i64,
 ) -> Result<Option<KeyValue>, RequestError> {
-    let row = conn
-        .prepare_cached(
-            "SELECT mod_rev, create_rev, version, value, lease, tombstone FROM kv_history
-             WHERE key = ?1 AND mod_rev < ?2 ORDER BY mod_rev DESC LIMIT 1",
-        )?
-        .query_row(rusqlite::params![key, revision], |r| {
-            let tombstone: bool = r.get(5)?;
-            Ok((!tombstone).then(|| -> rusqlite::Result<KeyValue> {
-                Ok(KeyValue {
-                    key: key.to_vec(),
-                    mod_revision: r.get(0)?,
-                    create_revision: r.get(1)?,
-                    version: r.get(2)?,
-                    value: r.get(3)?,
-                    lease: r.get(4)?,
-                })
-            }))
-        })
-        .optional()?;
-    match row {
-        Some(Some(kv)) => Ok(Some(kv?)),
-        _ => Ok(None),
-    }
+    Ok(keyspace::change_before(conn, key, revision)?
+        .filter(|row| !row.tombstone)
+        .map(|row| row.key_value()))
 }
