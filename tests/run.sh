@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 # behavioural reference), protoc and the well-known .proto files (the etcd-client
 # crate's build needs both), openssl (reads the certificates provision renders),
 # debootstrap and systemd-container (the systemd test boots the .deb in containers;
-# installing systemd-container also upgrades the host's systemd packages to match).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container)
+# installing systemd-container also upgrades the host's systemd packages to match),
+# dnsmasq-base (the DNS server of the SRV discovery tests).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

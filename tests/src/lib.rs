@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod etcd35;
 pub mod etcdctl;
 pub mod member;
 pub mod netns;

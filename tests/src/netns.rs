@@ -1,6 +1,10 @@
 //! Hosts of our own: network namespaces on a bridge that the test creates and removes,
 //! so members can use the seed's real addresses (10.0.1.10–12) without touching any
 //! network outside this machine. Needs root and iproute2.
+//!
+//! Hosts can get a resolver of their own ([`Hosts::use_nameserver`]): a
+//! `/etc/netns/<ns>/resolv.conf`, which `ip netns exec` mounts over `/etc/resolv.conf`,
+//! pointing at a [`Dnsmasq`] that runs on one of the hosts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -79,6 +83,20 @@ impl Hosts {
         hosts
     }
 
+    /// Makes every host resolve names through `nameserver` (an address on the
+    /// bridge), and nothing else. Undone on drop.
+    pub fn use_nameserver(&self, nameserver: &str) {
+        for ns in &self.namespaces {
+            let dir = netns_etc(ns);
+            std::fs::create_dir_all(&dir).expect("create /etc/netns/<ns>");
+            std::fs::write(
+                dir.join("resolv.conf"),
+                format!("nameserver {nameserver}\noptions timeout:1 attempts:2\n"),
+            )
+            .expect("write resolv.conf");
+        }
+    }
+
     /// A command that runs inside host `i`.
     pub fn command(&self, i: usize, program: &Path) -> Command {
         let mut c = Command::new("ip");
@@ -110,6 +128,7 @@ impl Drop for Hosts {
         for ns in &self.namespaces {
             // Deleting the namespace removes its end of the veth pair, and with it ours.
             let _ = ip(&["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(netns_etc(ns));
         }
         let _ = ip(&["link", "del", &self.bridge]);
     }
@@ -144,6 +163,11 @@ impl HostProcess {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The exit status, once the process has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
 }
 
 impl Drop for HostProcess {
@@ -155,5 +179,76 @@ impl Drop for HostProcess {
         if std::thread::panicking() {
             eprintln!("--- {} ---\n{}", self.log.display(), self.logs());
         }
+    }
+}
+
+/// Where `ip netns exec` finds files to mount over `/etc` for namespace `ns`.
+fn netns_etc(ns: &str) -> PathBuf {
+    Path::new("/etc/netns").join(ns)
+}
+
+/// Debian's dnsmasq (`dnsmasq-base`) serving records on one host, authoritative for
+/// the domains it is told about and forwarding nothing. Stopped on drop.
+pub struct Dnsmasq {
+    host: usize,
+    address: String,
+    domain: String,
+    conf: PathBuf,
+    dir: PathBuf,
+    process: Option<HostProcess>,
+    starts: u32,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq on host `host` (listening on its `address`), answering for
+    /// `domain` from the configuration lines `records` (`srv-host=`, `host-record=`,
+    /// ...). Files go in `dir`.
+    pub fn start(hosts: &Hosts, host: usize, domain: &str, records: &str, dir: &Path) -> Dnsmasq {
+        let mut d = Dnsmasq {
+            host,
+            address: hosts.addresses[host].clone(),
+            domain: domain.to_string(),
+            conf: dir.join("dnsmasq.conf"),
+            dir: dir.to_path_buf(),
+            process: None,
+            starts: 0,
+        };
+        d.serve(hosts, records);
+        d
+    }
+
+    /// Replaces the records: dnsmasq reads `srv-host=` lines only at start, so it is
+    /// restarted, and answers the new records once this returns.
+    pub fn serve(&mut self, hosts: &Hosts, records: &str) {
+        if let Some(old) = self.process.take() {
+            drop(old);
+        }
+        std::fs::write(&self.conf, records).expect("write dnsmasq.conf");
+        self.starts += 1;
+        let mut cmd = hosts.command(self.host, Path::new("/usr/sbin/dnsmasq"));
+        cmd.arg("--keep-in-foreground")
+            .arg(format!("--conf-file={}", self.conf.display()))
+            .args(["--no-resolv", "--no-hosts", "--bind-interfaces"])
+            .arg(format!("--listen-address={}", self.address))
+            .arg(format!("--local=/{}/", self.domain))
+            .args(["--user=root", "--group=root", "--pid-file="])
+            .args(["--log-facility=-", "--log-queries"]);
+        let log = self.dir.join(format!("dnsmasq-{}.log", self.starts));
+        let process = HostProcess::spawn(cmd, log);
+        crate::wait_until(
+            "dnsmasq to start",
+            std::time::Duration::from_secs(10),
+            || process.logs().contains("started, version").then_some(()),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", process.logs()));
+        self.process = Some(process);
+    }
+
+    /// What dnsmasq logged since its last start (queries included).
+    pub fn logs(&self) -> String {
+        self.process
+            .as_ref()
+            .map(HostProcess::logs)
+            .unwrap_or_default()
     }
 }

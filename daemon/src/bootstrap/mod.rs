@@ -1,5 +1,10 @@
 //! From configuration to an initialised state database: a new member of a new cluster
 //! (IDs derived exactly as etcd derives them), or a restart from an existing data dir.
+//!
+//! A new member's initial cluster is `--initial-cluster`, or read from DNS SRV records
+//! ([`dns_srv`], `--discovery-srv`) before anything is written.
+
+pub mod dns_srv;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -30,6 +35,8 @@ pub enum BootstrapError {
         "joining an existing cluster (--initial-cluster-state existing) is not supported by this version of qetcd"
     )]
     JoinUnsupported,
+    #[error(transparent)]
+    DnsSrv(#[from] dns_srv::DnsSrvError),
     /// The configuration cannot bootstrap a new member (etcd's VerifyBootstrap).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -48,6 +55,13 @@ pub struct Bootstrapped {
 }
 
 pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
+    let from_dns;
+    let cfg = if !cfg.discovery_srv.is_empty() && !has_member_state(&cfg.data_dir)? {
+        from_dns = dns_srv::discover(cfg)?;
+        &from_dns
+    } else {
+        cfg
+    };
     prepare_data_dir(&cfg.data_dir)?;
     let db_path = storage::state_db_path(&cfg.data_dir);
     let db_dir = db_path.parent().expect("state db path has a parent");
@@ -94,6 +108,17 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
         conn,
         restarted: false,
     })
+}
+
+/// Whether `data_dir` already holds a member's IDs (a restart), looked at without
+/// creating anything.
+fn has_member_state(data_dir: &Path) -> Result<bool, BootstrapError> {
+    let db = storage::state_db_path(data_dir);
+    if !db.exists() {
+        return Ok(false);
+    }
+    let conn = storage::open_reader(&db)?;
+    Ok(Meta::MemberId.get_u64(&conn).ok().flatten().is_some())
 }
 
 /// Creates the data directory 0700, refusing one that real etcd wrote.

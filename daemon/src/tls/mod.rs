@@ -8,6 +8,8 @@
 //! - [`cipher_suites`]: `--cipher-suites`, `--tls-min-version`, `--tls-max-version`.
 //! - [`identity`]: what a verified certificate must also satisfy (allowed CNs and
 //!   hostnames; the peer address check of §6.4).
+//! - [`srv_domain`]: DNS SRV discovery's rule: without a peer CA, dialled peers are
+//!   verified against the system roots as the `--discovery-srv` domain.
 //! - [`key_files`]: certificate and key files, re-read when they change on disk, so a
 //!   renewed leaf certificate is used by the next handshake without a restart.
 
@@ -17,6 +19,7 @@ pub mod client_side;
 pub mod identity;
 pub mod key_files;
 pub mod peer_side;
+pub mod srv_domain;
 
 use std::sync::Arc;
 

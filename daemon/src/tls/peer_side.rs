@@ -83,6 +83,9 @@ pub fn configs(cfg: &Config) -> Result<PeerTls, TlsError> {
                 needed: "--peer-trusted-ca-file (the CA that signs peer certificates)",
             });
         }
+        if let Some(domain) = super::srv_domain::forced_server_name(cfg) {
+            return verified_as_domain(provider, server_key, client_key, domain);
+        }
         // Certificates but no CA to check others' against: encrypt, as etcd would
         // with its system roots, and say so.
         tracing::warn!(
@@ -128,6 +131,43 @@ pub fn configs(cfg: &Config) -> Result<PeerTls, TlsError> {
         client,
         verified: true,
         check_peer_address: !tls.skip_client_san_verification,
+    })
+}
+
+/// DNS SRV discovery's rule (§5.2): dialled peers verified against the system roots
+/// as the `--discovery-srv` domain; connecting peers are not asked for certificates.
+fn verified_as_domain(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    server_key: Arc<key_files::ReloadingKeyPair>,
+    client_key: Arc<key_files::ReloadingKeyPair>,
+    domain: &str,
+) -> Result<PeerTls, TlsError> {
+    let (roots, bundle) = super::srv_domain::system_roots()?;
+    tracing::info!(
+        server_name = %domain,
+        roots = %bundle.display(),
+        "https peers from DNS SRV records and no --peer-trusted-ca-file: peer certificates must name the --discovery-srv domain and chain to a system root"
+    );
+    let versions = [&rustls::version::TLS13];
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let verifier = super::srv_domain::DomainVerifier::new(webpki, domain)?;
+    let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(server_key);
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(client_key);
+    Ok(PeerTls {
+        server,
+        client,
+        // Only the dialled side is verified.
+        verified: false,
+        check_peer_address: false,
     })
 }
 
