@@ -21,9 +21,14 @@ use super::{Meta, StorageError};
 /// How durable the commit of a [`LogBatch`] must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync before `commit` returns. Required whenever the batch holds log entries or
-    /// hard state: Raft may only act on them (vote, acknowledge) once they are stable.
+    /// fsync of the log database before `commit` returns. Required whenever the batch
+    /// holds log entries or hard state: Raft may only act on them (vote, acknowledge)
+    /// once they are stable. The state database is not fsynced (see the module docs of
+    /// `storage`): what it loses in a machine crash is applied again from the log.
     Sync,
+    /// fsync of both databases: for the rare batches whose state cannot be rebuilt from
+    /// the log — the member's IDs at bootstrap, a snapshot installed from the leader.
+    SyncAll,
     /// No fsync of its own. Used for batches that only apply already-durable entries:
     /// if the machine crashes before a later `Sync` commit flushes it, the entries are
     /// simply applied again from the log on restart. WAL commits reach disk in order,
@@ -46,7 +51,8 @@ pub struct RaftLog {
     conn: Connection,
     bounds: Cell<Bounds>,
     raft_state: RefCell<RaftState>,
-    synchronous_full: Cell<bool>,
+    /// The durability the connection's `synchronous` pragmas are set for.
+    synchronous: Cell<Durability>,
     /// The last appended entries, contiguous and ending at the log's last index (or
     /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
     recent: RefCell<VecDeque<Entry>>,
@@ -86,6 +92,16 @@ impl RaftLog {
             Some((i, t)) => (i as u64, t as u64),
             None => (truncated_index, truncated_term),
         };
+        // One Ready commits the state database before the log database, so a crash
+        // between the two can leave the state applied past the commit index the log
+        // recorded. Those entries were committed (only committed entries are applied)
+        // and are in the log (only persisted entries are), so the commit index may
+        // safely catch up; raft-rs refuses an applied index beyond it.
+        let applied = Meta::AppliedIndex.get_u64(&conn)?.unwrap_or(0);
+        let mut hard_state = hard_state;
+        if applied > hard_state.commit && applied <= last_index {
+            hard_state.commit = applied;
+        }
         Ok(RaftLog {
             conn,
             bounds: Cell::new(Bounds {
@@ -98,7 +114,7 @@ impl RaftLog {
                 hard_state,
                 conf_state,
             }),
-            synchronous_full: Cell::new(true),
+            synchronous: Cell::new(Durability::Sync),
             recent: RefCell::new(VecDeque::new()),
         })
     }
@@ -139,11 +155,16 @@ impl RaftLog {
 
     /// Starts the one transaction of a `Ready`.
     pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
-        let full = durability == Durability::Sync;
-        if self.synchronous_full.get() != full {
+        if self.synchronous.get() != durability {
+            let (state, log) = match durability {
+                Durability::Sync => ("NORMAL", "FULL"),
+                Durability::SyncAll => ("FULL", "FULL"),
+                Durability::Deferred => ("NORMAL", "NORMAL"),
+            };
             self.conn
-                .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
-            self.synchronous_full.set(full);
+                .pragma_update(Some("main"), "synchronous", state)?;
+            self.conn.pragma_update(Some("log"), "synchronous", log)?;
+            self.synchronous.set(durability);
         }
         let tx = self.conn.unchecked_transaction()?;
         Ok(LogBatch {
