@@ -53,6 +53,8 @@ pub struct RaftLog {
     raft_state: RefCell<RaftState>,
     /// The durability the connection's `synchronous` pragmas are set for.
     synchronous: Cell<Durability>,
+    /// Makes snapshot files off this thread; None for an in-memory database.
+    snapshots: Option<super::snapshot::SnapshotMaker>,
     /// The last appended entries, contiguous and ending at the log's last index (or
     /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
     recent: RefCell<VecDeque<Entry>>,
@@ -102,6 +104,10 @@ impl RaftLog {
         if applied > hard_state.commit && applied <= last_index {
             hard_state.commit = applied;
         }
+        let snapshots = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(|p| super::snapshot::SnapshotMaker::new(p.into()));
         Ok(RaftLog {
             conn,
             bounds: Cell::new(Bounds {
@@ -115,6 +121,7 @@ impl RaftLog {
                 conf_state,
             }),
             synchronous: Cell::new(Durability::Sync),
+            snapshots,
             recent: RefCell::new(VecDeque::new()),
         })
     }
@@ -485,30 +492,24 @@ impl Storage for RaftLog {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The snapshot *is* the state database as applied so far: a copy of it goes into
-        // a file, whose path travels in the snapshot's data for the transport to stream.
-        let applied = Meta::AppliedIndex
-            .get_u64(&self.conn)
-            .map_err(storage_err)?
-            .unwrap_or(0);
-        if applied < request_index {
+        // The snapshot *is* the state database as applied so far: a copy of it in a
+        // file, whose path travels in the snapshot's data for the transport to stream.
+        // It must reach at least the start of the log, or the receiver could not go on
+        // from it with entries.
+        let min_index = request_index.max(self.bounds.get().truncated_index);
+        let Some(file) = self.snapshots.as_ref().and_then(|s| s.get(min_index)) else {
             return Err(raft::Error::Store(
                 RaftStorageError::SnapshotTemporarilyUnavailable,
             ));
-        }
-        let dir = super::snapshot::snapshot_dir(std::path::Path::new(
-            self.conn.path().unwrap_or_default(),
-        ));
-        let path =
-            super::snapshot::write_snapshot_file(&self.conn, &dir, applied).map_err(storage_err)?;
+        };
         let mut snap = Snapshot {
-            data: path.to_string_lossy().into_owned().into_bytes().into(),
+            data: file.path.to_string_lossy().into_owned().into_bytes().into(),
             ..Default::default()
         };
         let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = self.term(applied)?;
-        meta.set_conf_state(self.conf_state());
+        meta.index = file.index;
+        meta.term = file.term;
+        meta.set_conf_state(file.conf_state);
         Ok(snap)
     }
 }
