@@ -76,6 +76,16 @@ fn the_shipped_example_is_valid() {
 }
 
 #[test]
+fn the_shipped_dns_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inventory-dns.toml");
+    let inv = Inventory::load(&path).unwrap();
+    assert_eq!(inv.srv().map(|s| s.domain.as_str()), Some("example.com"));
+    assert_eq!(inv.tls, TlsMode::SelfSigned);
+    assert_eq!(inv.members.len(), 3);
+    assert!(inv.warnings.is_empty());
+}
+
+#[test]
 fn unknown_keys() {
     assert_eq!(
         error(&edit(13, "adress = \"10.0.1.11\"")),
