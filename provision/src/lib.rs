@@ -6,7 +6,8 @@
 //! - [`render`]: the text of each file, checked by the daemon's own `Config`;
 //! - [`dns`]: the SRV and address records a `bootstrap = "dns"` cluster needs;
 //! - [`bundle`]: where files go, their modes and owners, idempotent writing;
-//! - [`check`]: verifying an inventory and what was rendered from it.
+//! - [`check`]: verifying an inventory and what was rendered from it, and with
+//!   `--dns` ([`check::dns`]) the records a DNS server actually serves.
 
 pub mod bundle;
 pub mod check;

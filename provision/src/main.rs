@@ -170,6 +170,15 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let Some(srv) = inv.srv() {
+        say!(
+            "  bootstrap dns: publish {} or {} on the DNS server for {}, then `provision check {} --dns`",
+            provision::bundle::layout::bind_zone().display(),
+            provision::bundle::layout::dnsmasq_conf().display(),
+            srv.domain,
+            a.inventory.display()
+        );
+    }
     for note in &out.rendered.issued {
         let verb = if a.dry_run { "would issue" } else { "issued" };
         say!("  {verb} {note}");
