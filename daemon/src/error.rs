@@ -39,6 +39,8 @@ pub enum RequestError {
     NoLeader,
     #[error("etcdserver: request timed out")]
     Timeout,
+    #[error("etcdserver: too many requests")]
+    TooManyRequests,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: member not found")]

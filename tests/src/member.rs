@@ -318,6 +318,21 @@ impl Member {
         self.wait_healthy();
     }
 
+    /// The process ID of the running member.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the running member.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the member runs");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// Whether the process is still alive.
     pub fn is_running(&mut self) -> bool {
         self.child

@@ -378,25 +378,6 @@ fn a_lease_survives_a_restart_and_still_expires() {
     .unwrap();
 }
 
-/// Sends `signal` (STOP, CONT) to the member's process, found by its data directory,
-/// which no other process names.
-fn signal(m: &Member, signal: &str) {
-    let out = Command::new("pgrep")
-        .args(["-f", "--", &format!("--data-dir {}", m.data_dir.display())])
-        .output()
-        .unwrap();
-    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert!(
-        !pid.is_empty() && !pid.contains('\n'),
-        "one process: {pid:?}"
-    );
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 #[test]
 fn a_paused_leader_does_not_expire_a_lease_kept_alive_meanwhile() {
     let c = Cluster::start(
@@ -411,7 +392,7 @@ fn a_paused_leader_does_not_expire_a_lease_kept_alive_meanwhile() {
     let keep = KeepAlive::start(&c.members[f].client_url(), &id);
     // The leader stops mid-term; the others elect a new one and go on renewing. The
     // paused leader's deadlines all pass while it sleeps.
-    signal(&c.members[leader], "STOP");
+    c.members[leader].signal("STOP");
     let paused_at = Instant::now();
     let until = paused_at + Duration::from_secs(6);
     while Instant::now() < until {
@@ -420,7 +401,7 @@ fn a_paused_leader_does_not_expire_a_lease_kept_alive_meanwhile() {
     // Woken, it still believes it leads the old term for a moment, and may propose
     // the expiry of every lease it tracks; that decision must not take effect.
     let answered = keep.answered(&id);
-    signal(&c.members[leader], "CONT");
+    c.members[leader].signal("CONT");
     let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         assert!(

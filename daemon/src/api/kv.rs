@@ -23,17 +23,6 @@ impl KvService {
     pub fn new(ctx: Arc<ApiContext>) -> Self {
         KvService { ctx }
     }
-
-    /// Proposes a write and waits for its result, within the request timeout.
-    async fn propose(&self, request: RaftRequest) -> Result<Applied, RequestError> {
-        if self.ctx.node.encoded_len(&request) > self.ctx.max_request_bytes {
-            return Err(RequestError::RequestTooLarge);
-        }
-        match tokio::time::timeout(self.ctx.request_timeout, self.ctx.node.propose(request)).await {
-            Ok(result) => result,
-            Err(_) => Err(RequestError::Timeout),
-        }
-    }
 }
 
 fn unexpected(applied: Applied) -> Status {
@@ -59,7 +48,7 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         mvcc::check_put(&req)?;
-        match self.propose(RaftRequest::Put(req)).await? {
+        match self.ctx.propose(RaftRequest::Put(req)).await? {
             Applied::Put(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -76,7 +65,7 @@ impl Kv for KvService {
         if req.key.is_empty() {
             return Err(RequestError::EmptyKey.into());
         }
-        match self.propose(RaftRequest::DeleteRange(req)).await? {
+        match self.ctx.propose(RaftRequest::DeleteRange(req)).await? {
             Applied::DeleteRange(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -88,7 +77,7 @@ impl Kv for KvService {
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = req.into_inner();
         mvcc::check_txn(&req, self.ctx.max_txn_ops)?;
-        match self.propose(RaftRequest::Txn(req)).await? {
+        match self.ctx.propose(RaftRequest::Txn(req)).await? {
             Applied::Txn(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -102,6 +91,7 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         match self
+            .ctx
             .propose(RaftRequest::Compaction(req.into_inner()))
             .await?
         {

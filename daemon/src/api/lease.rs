@@ -47,21 +47,16 @@ impl LeaseService {
     }
 }
 
-/// Proposes a lease request and waits for its result, within the request timeout.
-async fn propose(ctx: &ApiContext, request: RaftRequest) -> Result<Applied, RequestError> {
-    match tokio::time::timeout(ctx.request_timeout, ctx.node.propose(request)).await {
-        Ok(result) => result,
-        Err(_) => Err(RequestError::Timeout),
-    }
-}
-
 fn unexpected(applied: Applied) -> Status {
     Status::internal(format!("unexpected apply result {applied:?}"))
 }
 
 /// One keep-alive, answered as etcd answers it (TTL 0 for a lease that is gone).
 async fn renew(ctx: &ApiContext, id: i64) -> Result<LeaseKeepAliveResponse, Status> {
-    match propose(ctx, RaftRequest::LeaseRenew(LeaseKeepAliveRequest { id })).await? {
+    match ctx
+        .propose(RaftRequest::LeaseRenew(LeaseKeepAliveRequest { id }))
+        .await?
+    {
         Applied::LeaseRenew(mut resp) => {
             ctx.fill(&mut resp.header);
             Ok(resp)
@@ -90,7 +85,7 @@ impl Lease for LeaseService {
             if generated {
                 req.id = self.ctx.lessor.next_id();
             }
-            match propose(&self.ctx, RaftRequest::LeaseGrant(req)).await {
+            match self.ctx.propose(RaftRequest::LeaseGrant(req)).await {
                 Ok(Applied::LeaseGrant(mut resp)) => {
                     self.ctx.fill(&mut resp.header);
                     return Ok(Response::new(resp));
@@ -107,7 +102,11 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        match propose(&self.ctx, RaftRequest::LeaseRevoke(req.into_inner())).await? {
+        match self
+            .ctx
+            .propose(RaftRequest::LeaseRevoke(req.into_inner()))
+            .await?
+        {
             Applied::LeaseRevoke(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))

@@ -8,11 +8,14 @@ mod http;
 mod kv;
 mod lease;
 mod maintenance;
+mod propose;
 pub mod status;
 mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use propose::ProposalBudget;
 
 use crate::error::RequestError;
 use crate::lease::Lessor;
@@ -45,6 +48,8 @@ pub struct ApiContext {
     pub request_timeout: Duration,
     /// How often watchers that asked for progress notifications get one.
     pub watch_progress_interval: Duration,
+    /// Request bytes that may be in flight (see [`ApiContext::propose`]).
+    pub proposal_budget: ProposalBudget,
 }
 
 impl ApiContext {

@@ -11,7 +11,7 @@ pub fn to_status(err: RequestError) -> Status {
         EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
         | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
         Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
-        NoSpace => Code::ResourceExhausted,
+        NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
         NoLeader | Timeout | Stopped | LeaderChanged => Code::Unavailable,
         NotLeader | BadLeaderTransferee | NotCapable | LeaseExists => Code::FailedPrecondition,

@@ -12,7 +12,7 @@ mod waiters;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
@@ -116,7 +116,7 @@ pub struct NodeStatus {
 #[derive(Clone)]
 pub struct NodeHandle {
     id: u64,
-    commands: Sender<Command>,
+    commands: SyncSender<Command>,
     status: Arc<NodeStatus>,
     next_request: Arc<AtomicU64>,
 }
@@ -144,9 +144,7 @@ impl NodeHandle {
     /// Proposes a request and waits until it is applied here.
     pub async fn propose(&self, request: Request) -> ApplyResult {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Propose { request, reply })
-            .map_err(|_| RequestError::Stopped)?;
+        self.submit(Command::Propose { request, reply })?;
         rx.await.unwrap_or(Err(RequestError::Timeout))
     }
 
@@ -154,9 +152,7 @@ impl NodeHandle {
     /// call: afterwards a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::ReadIndex { reply })
-            .map_err(|_| RequestError::Stopped)?;
+        self.submit(Command::ReadIndex { reply })?;
         rx.await.unwrap_or(Err(RequestError::Timeout))
     }
 
@@ -168,9 +164,7 @@ impl NodeHandle {
         change: raft::prelude::ConfChangeV2,
     ) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::ConfChange { change, reply })
-            .map_err(|_| RequestError::Stopped)?;
+        self.submit(Command::ConfChange { change, reply })?;
         rx.await.unwrap_or(Err(RequestError::Stopped))
     }
 
@@ -189,9 +183,7 @@ impl NodeHandle {
     /// handover itself completes when that member has caught up and won its election.
     pub async fn transfer_leadership(&self, target: Option<u64>) -> Result<u64, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::TransferLeader { target, reply })
-            .map_err(|_| RequestError::Stopped)?;
+        self.submit(Command::TransferLeader { target, reply })?;
         rx.await.unwrap_or(Err(RequestError::Stopped))
     }
 
@@ -215,12 +207,15 @@ impl NodeHandle {
 
     /// Tells Raft how sending a snapshot to `to` ended.
     pub fn report_snapshot(&self, to: u64, ok: bool) {
-        let _ = self.commands.send(Command::ReportSnapshot { to, ok });
+        // If the queue is full this is lost; Raft learns the outcome from the peer's
+        // next append response instead.
+        let _ = self.commands.try_send(Command::ReportSnapshot { to, ok });
     }
 
     /// Hands a message from a peer to Raft.
     pub fn step(&self, msg: Message) {
-        let _ = self.commands.send(Command::Step(msg));
+        // A full queue drops the message, as a lossy network would: Raft retransmits.
+        let _ = self.commands.try_send(Command::Step(msg));
     }
 
     pub fn stop(&self) {
@@ -231,6 +226,15 @@ impl NodeHandle {
     pub fn encoded_len(&self, request: &Request) -> usize {
         // The request plus the envelope's two u64 fields at their largest.
         request.encoded_len() + 2 * 11
+    }
+
+    /// Queues a command for the Raft thread without waiting: a full queue means the
+    /// node is overloaded, and the caller is told so at once.
+    fn submit(&self, cmd: Command) -> Result<(), RequestError> {
+        self.commands.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => RequestError::TooManyRequests,
+            TrySendError::Disconnected(_) => RequestError::Stopped,
+        })
     }
 
     fn next_request_id(&self) -> u64 {
@@ -280,6 +284,11 @@ pub struct AppliedState {
     pub events: Arc<EventFeed>,
 }
 
+/// Commands that may wait for the Raft thread. It takes up to 4096 per turn of its loop;
+/// a queue of two turns absorbs bursts, and beyond it the API answers "too many
+/// requests" and peer messages are dropped (Raft retransmits) instead of memory growing.
+const COMMAND_QUEUE: usize = 8192;
+
 /// Starts the node thread on an opened state database.
 ///
 /// `conn` is the writing connection; the database must already be bootstrapped (IDs,
@@ -297,7 +306,7 @@ pub fn start(
     ),
     StorageError,
 > {
-    let (tx, rx) = mpsc::channel();
+    let (tx, rx) = mpsc::sync_channel(COMMAND_QUEUE);
     let status = Arc::new(NodeStatus::default());
     // Request IDs only need to be unique among this member's in-flight proposals; the
     // start time keeps IDs of a previous run (still in the log) from being reused.

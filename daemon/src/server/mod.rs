@@ -296,5 +296,6 @@ fn api_context(
         } else {
             cfg.watch_progress_notify_interval
         },
+        proposal_budget: Default::default(),
     }
 }

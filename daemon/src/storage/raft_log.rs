@@ -57,12 +57,57 @@ pub struct RaftLog {
     snapshots: Option<super::snapshot::SnapshotMaker>,
     /// The last appended entries, contiguous and ending at the log's last index (or
     /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
-    recent: RefCell<VecDeque<Entry>>,
+    recent: RefCell<RecentEntries>,
 }
 
-/// How many of the latest entries [`RaftLog`] keeps in memory. A few thousand covers
-/// what is in flight between append and apply under heavy load.
+/// How many of the latest entries [`RaftLog`] keeps in memory, and at most how many
+/// bytes of them. A few thousand covers what is in flight between append and apply
+/// under heavy load; the byte bound keeps a burst of large writes from holding
+/// gigabytes.
 const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 64 << 20;
+
+/// The tail of the log kept in memory, with its size.
+#[derive(Default)]
+struct RecentEntries {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl RecentEntries {
+    fn size(e: &Entry) -> usize {
+        e.data.len() + e.context.len() + 32
+    }
+
+    fn push_back(&mut self, e: Entry) {
+        self.bytes += Self::size(&e);
+        self.entries.push_back(e);
+    }
+
+    fn pop_back(&mut self) {
+        if let Some(e) = self.entries.pop_back() {
+            self.bytes -= Self::size(&e);
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= Self::size(&e);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
+impl std::ops::Deref for RecentEntries {
+    type Target = VecDeque<Entry>;
+    fn deref(&self) -> &VecDeque<Entry> {
+        &self.entries
+    }
+}
 
 impl RaftLog {
     /// Loads the log state from the writing connection of a state database.
@@ -122,7 +167,7 @@ impl RaftLog {
             }),
             synchronous: Cell::new(Durability::Sync),
             snapshots,
-            recent: RefCell::new(VecDeque::new()),
+            recent: RefCell::default(),
         })
     }
 
@@ -371,7 +416,9 @@ impl LogBatch<'_> {
             if recent.back().is_some_and(|e| e.index + 1 != first.index) {
                 recent.clear();
             }
-            recent.extend(appended);
+            for e in appended {
+                recent.push_back(e);
+            }
         }
         if reshaped {
             // Keep only what the table still holds.
@@ -385,7 +432,7 @@ impl LogBatch<'_> {
                 recent.clear();
             }
         }
-        while recent.len() > RECENT_ENTRIES {
+        while recent.len() > RECENT_ENTRIES || recent.bytes > RECENT_BYTES {
             recent.pop_front();
         }
         drop(recent);

@@ -88,6 +88,19 @@ struct Link {
     removed: AtomicBool,
     /// Messages dropped because the queue was full (logged at powers of two).
     dropped: std::sync::atomic::AtomicU64,
+    /// Bytes of entries in the queue (see [`QUEUE_BYTES_PER_PEER`]).
+    queued_bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// Bytes of log entries that may wait in one peer's queue. Appends carry up to 1 MiB
+/// each, so the message count alone would let a peer that stopped reading (paused,
+/// partitioned) pin gigabytes, and after it resumes it would first wade through
+/// appends that went stale meanwhile. Raft sends again whatever is dropped here.
+const QUEUE_BYTES_PER_PEER: usize = 16 << 20;
+
+/// The entry bytes a message carries, as counted against [`QUEUE_BYTES_PER_PEER`].
+fn entry_bytes(msg: &Message) -> usize {
+    msg.entries.iter().map(|e| e.data.len()).sum()
 }
 
 impl PeerTransport {
@@ -183,11 +196,16 @@ impl PeerOutbox for PeerTransport {
             }
             // Full queue: the peer is not keeping up or not there; Raft resends (and
             // the node re-asks read indexes and re-proposes what got lost).
-            if link.queue.try_send(msg).is_err() {
+            let bytes = entry_bytes(&msg);
+            let over_budget = bytes > 0
+                && link.queued_bytes.load(Ordering::Acquire) + bytes > QUEUE_BYTES_PER_PEER;
+            if over_budget || link.queue.try_send(msg).is_err() {
                 let dropped = link.dropped.fetch_add(1, Ordering::Relaxed);
                 if dropped.is_power_of_two() {
                     tracing::warn!(peer = %hex(link.peer), dropped = dropped + 1, "dropping raft messages: the queue to the peer is full");
                 }
+            } else {
+                link.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
             }
         }
     }
@@ -221,6 +239,7 @@ impl PeerOutbox for PeerTransport {
                 conn: watch::channel(None).0,
                 removed: AtomicBool::new(false),
                 dropped: std::sync::atomic::AtomicU64::new(0),
+                queued_bytes: Default::default(),
             });
             links.insert(*id, link.clone());
             inner.runtime.spawn(send_loop(link.clone(), rx));
@@ -588,13 +607,18 @@ async fn send_loop(link: Arc<Link>, mut queue: mpsc::Receiver<Message>) {
                 return;
             };
             buf.clear();
+            let mut taken = entry_bytes(&first);
             framing::encode_into(&first, &mut buf);
             while buf.len() < BATCH_BYTES {
                 match queue.try_recv() {
-                    Ok(m) => framing::encode_into(&m, &mut buf),
+                    Ok(m) => {
+                        taken += entry_bytes(&m);
+                        framing::encode_into(&m, &mut buf)
+                    }
                     Err(_) => break,
                 }
             }
+            link.queued_bytes.fetch_sub(taken, Ordering::AcqRel);
             if stream.write_all(&buf).await.is_err() {
                 break;
             }
