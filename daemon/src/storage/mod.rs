@@ -102,13 +102,24 @@ pub fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Checkpoints run on their own thread (see Checkpointer), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // 64 MiB of page cache for the state (SQLite's default is 2 MiB): the B-tree pages
-    // every write touches stay in memory instead of being re-read from the OS cache.
+    // Pages of the state are read through a memory map rather than read() into
+    // SQLite's own cache: no copy per page, and the page cache can stay small. A small
+    // cache matters: SQLite's commit scans the cache's whole hash table whenever a
+    // page split moved a page through the pending-byte page, which splits of random
+    // keys do in most commits (perf: 6-12% of the Raft thread at a 64 MiB cache).
     // The log is appended at its end and read back from RaftLog's in-memory tail.
-    conn.pragma_update(Some("main"), "cache_size", -65536)?;
+    conn.pragma_update(Some("main"), "cache_size", -STATE_CACHE_KIB)?;
+    conn.pragma_update(Some("main"), "mmap_size", MMAP_BYTES)?;
     schema::create(&conn)?;
     Ok(conn)
 }
+
+/// SQLite page cache of the writing connection, KiB.
+const STATE_CACHE_KIB: i64 = 8 * 1024;
+/// How much of the state database connections map into memory (SQLite's `mmap_size`):
+/// 64 GiB of address space, far past any state database; mapped pages cost memory only
+/// as the OS caches them, as bbolt's map does for etcd.
+const MMAP_BYTES: i64 = 64 << 30;
 
 /// Opens a read-only connection to an existing state database.
 pub fn open_reader(path: &Path) -> Result<rusqlite::Connection, StorageError> {
@@ -117,5 +128,6 @@ pub fn open_reader(path: &Path) -> Result<rusqlite::Connection, StorageError> {
         | rusqlite::OpenFlags::SQLITE_OPEN_URI;
     let conn = rusqlite::Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(conn)
 }
