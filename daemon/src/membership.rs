@@ -65,6 +65,18 @@ pub fn upsert(conn: &Connection, m: &Member) -> Result<(), StorageError> {
     Ok(())
 }
 
+pub fn exists(conn: &Connection, id: u64) -> Result<bool, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM members WHERE id = ?1")?
+        .exists(params![id as i64])?)
+}
+
+pub fn set_learner(conn: &Connection, id: u64, is_learner: bool) -> Result<(), StorageError> {
+    conn.prepare_cached("UPDATE members SET is_learner = ?2 WHERE id = ?1")?
+        .execute(params![id as i64, is_learner])?;
+    Ok(())
+}
+
 pub fn remove(conn: &Connection, id: u64) -> Result<(), StorageError> {
     conn.prepare_cached("DELETE FROM members WHERE id = ?1")?
         .execute(params![id as i64])?;

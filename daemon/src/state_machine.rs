@@ -228,8 +228,13 @@ impl StateMachine {
         for single in cc.get_changes() {
             match single.get_change_type() {
                 ConfChangeType::RemoveNode => membership::remove(conn, single.node_id)?,
+                // A voter added for a member already there is a learner's promotion:
+                // it keeps what it published.
+                ConfChangeType::AddNode if membership::exists(conn, single.node_id)? => {
+                    membership::set_learner(conn, single.node_id, false)?
+                }
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    if let Some(r) = &record {
+                    if let Some(r) = record.as_ref().filter(|r| r.id == single.node_id) {
                         membership::upsert(conn, &Member::from_record(r))?;
                     }
                 }

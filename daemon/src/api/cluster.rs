@@ -1,14 +1,25 @@
-//! The `Cluster` service: membership as the state database has applied it.
+//! The `Cluster` service: membership as the state database has applied it, and changes
+//! to it as Raft conf changes.
+//!
+//! Every change is checked here, against the membership this member has applied, with
+//! etcd's rules and texts (§7.1, §7.3 of the clustering spec), then proposed, and
+//! answered only once this member has applied it — so the members in the answer
+//! include the change, which is what `etcdctl member add` prints its `ETCD_*` lines
+//! from. Raft takes one conf change at a time: a second one proposed while the first
+//! is unapplied is dropped by Raft and its caller times out, as in etcd.
 
 use std::sync::Arc;
 
+use prost::Message as _;
+use raft::prelude::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 use tonic::{Request, Response, Status};
 
 use super::ApiContext;
 use crate::error::RequestError;
-use crate::membership;
+use crate::membership::{self, Member};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
+use crate::proto::qetcdpb::MemberRecord;
 
 pub struct ClusterService {
     ctx: Arc<ApiContext>,
@@ -18,31 +29,155 @@ impl ClusterService {
     pub fn new(ctx: Arc<ApiContext>) -> Self {
         ClusterService { ctx }
     }
+
+    async fn members(&self) -> Result<Vec<Member>, RequestError> {
+        self.ctx.read(|conn| Ok(membership::list(conn)?)).await
+    }
+
+    /// Proposes `change` and waits until this member has applied a membership for which
+    /// `done` holds; returns that membership.
+    async fn change(
+        &self,
+        change: ConfChangeV2,
+        done: impl Fn(&[Member]) -> bool,
+    ) -> Result<Vec<Member>, RequestError> {
+        let deadline = tokio::time::Instant::now() + self.ctx.request_timeout;
+        tokio::time::timeout_at(deadline, self.ctx.node.propose_conf_change(change))
+            .await
+            .map_err(|_| RequestError::Timeout)??;
+        loop {
+            let applied = self.ctx.node.status().applied.notified();
+            let members = self.members().await?;
+            if done(&members) {
+                return Ok(members);
+            }
+            if tokio::time::timeout_at(deadline, applied).await.is_err() {
+                return Err(RequestError::Timeout);
+            }
+        }
+    }
+
+    fn protos(members: &[Member]) -> Vec<crate::proto::etcdserverpb::Member> {
+        members.iter().map(Member::to_proto).collect()
+    }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not supported yet"))
+/// One conf change of one member, carrying the member's record for the state machine.
+fn single_change(kind: ConfChangeType, id: u64, record: Option<&MemberRecord>) -> ConfChangeV2 {
+    let mut change = ConfChangeV2::default();
+    let mut single = ConfChangeSingle::default();
+    single.set_change_type(kind);
+    single.node_id = id;
+    change.mut_changes().push(single);
+    if let Some(r) = record {
+        change.context = r.encode_to_vec().into();
+    }
+    change
+}
+
+/// Parses the peer URLs of a member add or update as etcd's `types.NewURLs` does, into
+/// the text form members report (sorted, without duplicates).
+fn peer_urls(raw: &[String]) -> Result<Vec<url::Url>, RequestError> {
+    if raw.is_empty() {
+        return Err(RequestError::MemberBadUrls);
+    }
+    let mut out: Vec<url::Url> = Vec::new();
+    for r in raw {
+        let parsed = crate::config::parse_url_list(r).map_err(|_| RequestError::MemberBadUrls)?;
+        if parsed.len() != 1 {
+            return Err(RequestError::MemberBadUrls);
+        }
+        out.extend(parsed);
+    }
+    out.sort_by_key(crate::config::url_string);
+    out.dedup_by_key(|u| crate::config::url_string(u));
+    Ok(out)
+}
+
+/// etcd's `isReadyToAddVotingMember`: with the new voter counted, a quorum of the
+/// voters must have started (published their names) — except when a one-member cluster
+/// gets its second member.
+pub(crate) fn enough_started_to_add_voter(members: &[Member]) -> bool {
+    let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+    let total = voters.len() + 1;
+    let started = voters.iter().filter(|m| !m.name.is_empty()).count();
+    if started == 1 && total == 2 {
+        return true;
+    }
+    // A quorum of the new voter count: more than half.
+    started > total / 2
 }
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     async fn member_list(
         &self,
-        _req: Request<MemberListRequest>,
+        req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let members = self.ctx.read(|conn| Ok(membership::list(conn)?)).await?;
+        if req.into_inner().linearizable {
+            self.ctx.read_barrier().await?;
+        }
+        let members = self.members().await?;
         // etcd's cluster service headers carry no revision.
         Ok(Response::new(MemberListResponse {
             header: Some(self.ctx.header(0)),
-            members: members.iter().map(|m| m.to_proto()).collect(),
+            members: Self::protos(&members),
         }))
     }
 
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(not_yet("member add"))
+        let req = req.into_inner();
+        let urls = peer_urls(&req.peer_ur_ls)?;
+        let texts: Vec<String> = urls.iter().map(crate::config::url_string).collect();
+        let members = self.members().await?;
+        if members
+            .iter()
+            .any(|m| m.peer_urls.iter().any(|u| texts.contains(u)))
+        {
+            return Err(RequestError::PeerUrlExists.into());
+        }
+        if req.is_learner {
+            let learners = members.iter().filter(|m| m.is_learner).count();
+            if learners + 1 > self.ctx.max_learners {
+                return Err(RequestError::TooManyLearners.into());
+            }
+        } else if self.ctx.strict_reconfig_check && !enough_started_to_add_voter(&members) {
+            return Err(RequestError::NotEnoughStartedMembers.into());
+        }
+        // etcd 3.4+: the new member's ID hashes its peer URLs, no token, and the time.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = crate::config::member_id(&urls, "", Some(now));
+        if members.iter().any(|m| m.id == id) {
+            return Err(RequestError::MemberExists.into());
+        }
+        let record = MemberRecord {
+            id,
+            name: String::new(),
+            peer_urls: texts,
+            client_urls: Vec::new(),
+            is_learner: req.is_learner,
+        };
+        let kind = if req.is_learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        let members = self
+            .change(single_change(kind, id, Some(&record)), |ms| {
+                ms.iter().any(|m| m.id == id)
+            })
+            .await?;
+        tracing::info!(member_id = %format!("{id:x}"), peer_urls = ?record.peer_urls, learner = req.is_learner, "added member");
+        Ok(Response::new(MemberAddResponse {
+            header: Some(self.ctx.header(0)),
+            member: Some(Member::from_record(&record).to_proto()),
+            members: Self::protos(&members),
+        }))
     }
 
     async fn member_remove(
@@ -50,47 +185,85 @@ impl Cluster for ClusterService {
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
-        let is_member = |members: &[membership::Member]| members.iter().any(|m| m.id == id);
-        let members = self.ctx.read(|conn| Ok(membership::list(conn)?)).await?;
-        if !is_member(&members) {
+        let is_member = |members: &[Member]| members.iter().any(|m| m.id == id);
+        if !is_member(&self.members().await?) {
             return Err(RequestError::MemberNotFound.into());
         }
-        let mut change = raft::prelude::ConfChangeV2::default();
-        let mut single = raft::prelude::ConfChangeSingle::default();
-        single.set_change_type(raft::prelude::ConfChangeType::RemoveNode);
-        single.node_id = id;
-        change.mut_changes().push(single);
-        let deadline = tokio::time::Instant::now() + self.ctx.request_timeout;
-        tokio::time::timeout_at(deadline, self.ctx.node.propose_conf_change(change))
-            .await
-            .map_err(|_| RequestError::Timeout)??;
-        // Done when this member has applied the change.
-        loop {
-            let applied = self.ctx.node.status().applied.notified();
-            let members = self.ctx.read(|conn| Ok(membership::list(conn)?)).await?;
-            if !is_member(&members) {
-                return Ok(Response::new(MemberRemoveResponse {
-                    header: Some(self.ctx.header(0)),
-                    members: members.iter().map(|m| m.to_proto()).collect(),
-                }));
-            }
-            if tokio::time::timeout_at(deadline, applied).await.is_err() {
-                return Err(RequestError::Timeout.into());
-            }
-        }
+        let change = single_change(ConfChangeType::RemoveNode, id, None);
+        let members = self.change(change, |ms| !is_member(ms)).await?;
+        Ok(Response::new(MemberRemoveResponse {
+            header: Some(self.ctx.header(0)),
+            members: Self::protos(&members),
+        }))
     }
 
     async fn member_update(
         &self,
         _req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(not_yet("member update"))
+        Err(Status::unimplemented("member update is not supported yet"))
     }
 
     async fn member_promote(
         &self,
         _req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(not_yet("member promote"))
+        Err(Status::unimplemented("member promote is not supported yet"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(id: u64, name: &str, learner: bool) -> Member {
+        Member {
+            id,
+            name: name.into(),
+            peer_urls: vec![format!("http://127.0.0.{id}:2380")],
+            client_urls: Vec::new(),
+            is_learner: learner,
+        }
+    }
+
+    #[test]
+    fn started_members_rule_for_a_new_voter() {
+        // One started member may take a second.
+        assert!(enough_started_to_add_voter(&[member(1, "a", false)]));
+        // 1 of 2 started: 3 voters need 2 started.
+        assert!(!enough_started_to_add_voter(&[
+            member(1, "a", false),
+            member(2, "", false)
+        ]));
+        // 2 of 2 started: fine; learners do not count.
+        assert!(enough_started_to_add_voter(&[
+            member(1, "a", false),
+            member(2, "b", false),
+            member(3, "", true)
+        ]));
+        // 2 of 3 started: 4 voters need 3.
+        assert!(!enough_started_to_add_voter(&[
+            member(1, "a", false),
+            member(2, "b", false),
+            member(3, "", false)
+        ]));
+    }
+
+    #[test]
+    fn peer_urls_follow_etcds_grammar() {
+        let ok = peer_urls(&["http://127.0.0.1:2380".into()]).unwrap();
+        assert_eq!(crate::config::url_string(&ok[0]), "http://127.0.0.1:2380");
+        for bad in [
+            "127.0.0.1:2380",
+            "http://127.0.0.1",
+            "http://127.0.0.1:2380/x",
+            "ftp://a:1",
+        ] {
+            assert!(
+                matches!(peer_urls(&[bad.into()]), Err(RequestError::MemberBadUrls)),
+                "{bad}"
+            );
+        }
+        assert!(peer_urls(&[]).is_err());
     }
 }

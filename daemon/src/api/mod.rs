@@ -45,6 +45,10 @@ pub struct ApiContext {
     pub request_timeout: Duration,
     /// How often watchers that asked for progress notifications get one.
     pub watch_progress_interval: Duration,
+    /// `--max-learners`: learners the cluster may have at once.
+    pub max_learners: usize,
+    /// `--strict-reconfig-check`: refuse membership changes that would cost quorum.
+    pub strict_reconfig_check: bool,
 }
 
 impl ApiContext {

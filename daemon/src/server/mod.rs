@@ -296,5 +296,7 @@ fn api_context(
         } else {
             cfg.watch_progress_notify_interval
         },
+        max_learners: cfg.max_learners as usize,
+        strict_reconfig_check: cfg.strict_reconfig_check,
     }
 }
