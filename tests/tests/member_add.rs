@@ -1,6 +1,8 @@
 //! `etcdctl member add`: what it prints (the `ETCD_*` lines a new member starts with),
 //! and etcd's refusals with etcd's texts.
 
+use std::time::Duration;
+
 use qetcd_tests::{Binary, Cluster};
 
 #[test]
@@ -86,5 +88,129 @@ fn member_add_prints_the_new_members_environment_and_refuses_etcds_cases() {
             .stderr
             .contains("etcdserver: too many learner members in cluster"),
         "{second:?}"
+    );
+}
+
+/// Every member has `keys`, read locally (serializable) so each answers for itself.
+fn wait_all_have(cluster: &Cluster, keys: &[String]) {
+    for (i, m) in cluster.members.iter().enumerate() {
+        qetcd_tests::wait_until(
+            &format!("member {i} to have every key"),
+            Duration::from_secs(30),
+            || {
+                let out = m.etcdctl().run(&[
+                    "get",
+                    "grow/",
+                    "--prefix",
+                    "--keys-only",
+                    "--consistency=s",
+                ]);
+                let have: Vec<&str> = out.stdout.lines().filter(|l| !l.is_empty()).collect();
+                (out.success && keys.iter().all(|k| have.contains(&k.as_str()))).then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", m.logs()));
+    }
+}
+
+#[test]
+fn a_cluster_grows_from_one_to_three_with_the_printed_values() {
+    // A short log: the first joiner gets a snapshot, as it would in production.
+    let mut specs = Cluster::specs("gr", 1, "grow-test");
+    specs[0].extra_args = ["--snapshot-count=10", "--snapshot-catchup-entries=2"]
+        .map(String::from)
+        .to_vec();
+    let mut cluster = Cluster::start(Binary::Qetcd, specs);
+    let mut keys = Vec::new();
+    for i in 0..20 {
+        let k = format!("grow/before/{i}");
+        cluster.members[0].etcdctl().run(&["put", &k, "v"]).ok();
+        keys.push(k);
+    }
+    for name in ["gr1", "gr2"] {
+        let (out, spec) = cluster.add_member(0, name, false);
+        out.ok();
+        let joined = cluster.join(spec);
+        cluster.members[joined].wait_healthy();
+        let k = format!("grow/after/{name}");
+        cluster.members[joined]
+            .etcdctl()
+            .run(&["put", &k, "v"])
+            .ok();
+        keys.push(k);
+    }
+    wait_all_have(&cluster, &keys);
+    let list = cluster.members[2].etcdctl().run(&["member", "list"]);
+    let rows: Vec<&str> = list.ok().lines().collect();
+    assert_eq!(rows.len(), 3, "{list:?}");
+    for name in ["gr0", "gr1", "gr2"] {
+        assert!(
+            rows.iter()
+                .any(|r| r.contains(&format!(", started, {name}, ")) && r.ends_with(", false")),
+            "{list:?}"
+        );
+    }
+    assert!(
+        cluster.members[1]
+            .logs()
+            .contains("joining existing cluster")
+    );
+    assert!(
+        cluster.members[1]
+            .logs()
+            .contains("installed snapshot from leader"),
+        "{}",
+        cluster.members[1].logs()
+    );
+    // The joined members hold the cluster's IDs, not ones they derived.
+    let ids: Vec<u64> = (0..3).map(|i| cluster.member_id(i)).collect();
+    let header = |i: usize| {
+        cluster.members[i]
+            .etcdctl()
+            .run(&["endpoint", "status", "-w", "json"])
+            .json()[0]["Status"]["header"]["cluster_id"]
+            .as_u64()
+    };
+    assert_eq!(header(1), header(0));
+    assert_eq!(header(2), header(0));
+    assert_eq!(ids.len(), 3);
+}
+
+#[test]
+fn a_join_with_another_members_values_is_refused() {
+    let cluster = Cluster::start(Binary::Qetcd, Cluster::specs("jr", 2, "join-refused"));
+    cluster.wait_for_leader(&[0, 1]);
+    let taken = &cluster.members[1].spec;
+    let ip = qetcd_tests::member::unique_ip();
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().join("d");
+    let listen_client = format!("http://{ip}:2379");
+    let listen_peer = format!("http://{ip}:2380");
+    let initial = taken.initial_cluster.clone().unwrap();
+    let args = [
+        "--name",
+        &taken.name,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen-client-urls",
+        &listen_client,
+        "--advertise-client-urls",
+        &listen_client,
+        "--listen-peer-urls",
+        &listen_peer,
+        "--initial-advertise-peer-urls",
+        &taken.peer_url(),
+        "--initial-cluster",
+        &initial,
+        "--initial-cluster-state",
+        "existing",
+    ];
+    let (code, log) =
+        qetcd_tests::Member::run_to_exit(Binary::Qetcd, &args, &[], Duration::from_secs(30));
+    assert_eq!(code, Some(1), "{log}");
+    let id = cluster.member_id(1);
+    assert!(
+        log.contains(&format!("member {id:x} has already been bootstrapped")),
+        "{log}"
     );
 }

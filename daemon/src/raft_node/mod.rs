@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub snapshot_catchup_entries: u64,
     /// How long a caller waits for its proposal or read before `request timed out`.
     pub request_timeout: Duration,
+    /// A member that just joined a running cluster: it waits for the leader rather
+    /// than fast-forwarding to an election.
+    pub joining: bool,
 }
 
 /// Sends Raft messages to other members. Single-member clusters have nothing to send.
@@ -400,7 +403,7 @@ impl Node {
         if voters == [cfg.id] {
             // Nobody to wait for: become leader at once rather than after a timeout.
             let _ = raw.campaign();
-        } else {
+        } else if !cfg.joining {
             // As etcd's --initial-election-tick-advance: start close to the election
             // timeout so a restarted cluster elects a leader after about one tick.
             for _ in 1..cfg.election_ticks {

@@ -9,6 +9,7 @@
 
 mod framing;
 pub mod handshake;
+pub mod members_query;
 pub mod quic_config;
 mod snapshot_stream;
 
@@ -74,6 +75,8 @@ struct Inner {
     check_peer_address: bool,
     /// Set once peers have kept refusing us as a removed member (see `dial_loop`).
     removed_from_cluster: watch::Sender<bool>,
+    /// Where members queries ([`members_query`]) are answered from.
+    membership: OnceLock<crate::storage::ReaderPool>,
 }
 
 /// The first byte of every unidirectional stream: what it carries.
@@ -125,6 +128,7 @@ impl PeerTransport {
             snapshot_dir,
             check_peer_address,
             removed_from_cluster: watch::channel(false).0,
+            membership: OnceLock::new(),
         });
         for ep in &inner.endpoints {
             tokio::spawn(accept_loop(inner.clone(), ep.clone()));
@@ -135,6 +139,11 @@ impl PeerTransport {
     /// Connects the transport to the Raft node that receives what peers send.
     pub fn attach(&self, node: NodeHandle) {
         let _ = self.inner.node.set(node);
+    }
+
+    /// Answers joining members' members queries from this state database.
+    pub fn serve_membership(&self, readers: crate::storage::ReaderPool) {
+        let _ = self.inner.membership.set(readers);
     }
 
     /// Other members of the cluster, and how many of them are connected right now.
@@ -325,7 +334,16 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                 return;
             };
-            let hello = match Hello::receive(&mut recv).await {
+            let mut opening = [0u8; handshake::HELLO_LEN];
+            if recv.read_exact(&mut opening).await.is_err() {
+                conn.close(1u32.into(), b"bad handshake");
+                return;
+            }
+            if opening == members_query::QUERY {
+                answer_members_query(&inner, send).await;
+                return;
+            }
+            let hello = match Hello::decode(&opening) {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(%remote, error = %e, "rejected peer connection");
@@ -383,6 +401,23 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 same
             });
         });
+    }
+}
+
+/// Tells a joining member who the members are (see [`members_query`]).
+async fn answer_members_query(inner: &Arc<Inner>, send: quinn::SendStream) {
+    let Some(readers) = inner.membership.get().cloned() else {
+        return;
+    };
+    let listed =
+        tokio::task::spawn_blocking(move || readers.get()?.read(crate::membership::list)).await;
+    match listed {
+        Ok(Ok(members)) => {
+            let cluster = members_query::RemoteCluster::new(inner.cluster_id, &members);
+            members_query::answer(send, &cluster).await;
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read membership for a joining member"),
+        Err(e) => tracing::error!(error = %e, "membership read task failed"),
     }
 }
 
