@@ -57,6 +57,32 @@ impl ClusterService {
         }
     }
 
+    /// etcd's `isLearnerReady`, decided by the leader: asked of it over the peer port
+    /// when this member does not lead.
+    async fn check_learner_ready(&self, id: u64) -> Result<(), RequestError> {
+        use crate::transport::members_query::{NOT_FOUND, NOT_READY, READY};
+        let leader = self.ctx.node.leader().ok_or(RequestError::NoLeader)?;
+        let ready = if leader == self.ctx.member_id {
+            self.ctx.node.learner_ready(id).await?
+        } else {
+            match self.ctx.peers.ask_learner_ready(leader, id).await {
+                Ok(READY) => true,
+                Ok(NOT_READY) => false,
+                Ok(NOT_FOUND) => return Err(RequestError::MemberNotFound),
+                Ok(_) => return Err(RequestError::LeaderChanged),
+                Err(e) => {
+                    tracing::warn!(leader = %format!("{leader:x}"), error = %e, "cannot ask the leader about a learner");
+                    return Err(RequestError::Timeout);
+                }
+            }
+        };
+        if ready {
+            Ok(())
+        } else {
+            Err(RequestError::LearnerNotReady)
+        }
+    }
+
     fn protos(members: &[Member]) -> Vec<crate::proto::etcdserverpb::Member> {
         members.iter().map(Member::to_proto).collect()
     }
@@ -105,6 +131,15 @@ pub(crate) fn enough_started_to_add_voter(members: &[Member]) -> bool {
         return true;
     }
     // A quorum of the new voter count: more than half.
+    started > total / 2
+}
+
+/// etcd's `isReadyToPromoteMember`: the learner counts as a started voter, and a
+/// quorum of the voters must have started.
+pub(crate) fn enough_started_to_promote(members: &[Member]) -> bool {
+    let voters: Vec<&Member> = members.iter().filter(|m| !m.is_learner).collect();
+    let total = voters.len() + 1;
+    let started = voters.iter().filter(|m| !m.name.is_empty()).count() + 1;
     started > total / 2
 }
 
@@ -206,9 +241,31 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented("member promote is not supported yet"))
+        let id = req.into_inner().id;
+        let members = self.members().await?;
+        let target = members
+            .iter()
+            .find(|m| m.id == id)
+            .ok_or(RequestError::MemberNotFound)?;
+        if !target.is_learner {
+            return Err(RequestError::MemberNotLearner.into());
+        }
+        self.check_learner_ready(id).await?;
+        if self.ctx.strict_reconfig_check && !enough_started_to_promote(&members) {
+            return Err(RequestError::NotEnoughStartedMembers.into());
+        }
+        // The state machine applies a voter add of a learner as its promotion.
+        let change = single_change(ConfChangeType::AddNode, id, None);
+        let members = self
+            .change(change, |ms| ms.iter().any(|m| m.id == id && !m.is_learner))
+            .await?;
+        tracing::info!(member_id = %format!("{id:x}"), "promoted learner to voting member");
+        Ok(Response::new(MemberPromoteResponse {
+            header: Some(self.ctx.header(0)),
+            members: Self::protos(&members),
+        }))
     }
 }
 
@@ -246,6 +303,22 @@ mod tests {
             member(1, "a", false),
             member(2, "b", false),
             member(3, "", false)
+        ]));
+    }
+
+    #[test]
+    fn started_members_rule_for_a_promotion() {
+        // The learner counts as started: 1 started voter + it = 2 of 2.
+        assert!(enough_started_to_promote(&[
+            member(1, "a", false),
+            member(2, "", true)
+        ]));
+        // 1 of 3 voters started, + the learner = 2 of 4: not a quorum.
+        assert!(!enough_started_to_promote(&[
+            member(1, "a", false),
+            member(2, "", false),
+            member(3, "", false),
+            member(4, "", true)
         ]));
     }
 

@@ -92,6 +92,11 @@ enum Command {
         change: raft::prelude::ConfChangeV2,
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
+    /// Whether learner `id` is in sync with the leader (asked of the leader only).
+    LearnerReady {
+        id: u64,
+        reply: oneshot::Sender<Result<bool, RequestError>>,
+    },
     /// Hand leadership to `target`, or to the most up-to-date voter when `None`.
     TransferLeader {
         target: Option<u64>,
@@ -111,6 +116,8 @@ pub struct NodeStatus {
     pub stopped: AtomicBool,
     /// Set when this member applies its own removal from the cluster.
     pub removed: AtomicBool,
+    /// Whether this member is a learner in the configuration it has applied.
+    pub learner: AtomicBool,
     /// Notified whenever the applied index moves.
     pub applied: Notify,
 }
@@ -144,6 +151,11 @@ impl NodeHandle {
         self.status.term.load(Ordering::Acquire)
     }
 
+    /// Whether this member is (as far as it has applied) a non-voting learner.
+    pub fn is_learner(&self) -> bool {
+        self.status.learner.load(Ordering::Acquire)
+    }
+
     /// Proposes a request and waits until it is applied here.
     pub async fn propose(&self, request: Request) -> ApplyResult {
         let (reply, rx) = oneshot::channel();
@@ -173,6 +185,16 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::ConfChange { change, reply })
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// On the leader: whether learner `id` has at least 90 % of the leader's log
+    /// (etcd's rule for promoting it). Elsewhere `NotLeader`.
+    pub async fn learner_ready(&self, id: u64) -> Result<bool, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::LearnerReady { id, reply })
             .map_err(|_| RequestError::Stopped)?;
         rx.await.unwrap_or(Err(RequestError::Stopped))
     }
@@ -412,6 +434,9 @@ impl Node {
         }
         outbox.update_members(&crate::membership::list(log.conn())?);
         let cs = log.conf_state();
+        status
+            .learner
+            .store(cs.learners.contains(&cfg.id), Ordering::Release);
         if !cs.voters.is_empty() && !cs.voters.contains(&cfg.id) && !cs.learners.contains(&cfg.id) {
             // Removed before it stopped: restarting cannot bring it back.
             tracing::error!("the member has been permanently removed from the cluster");
@@ -531,6 +556,9 @@ impl Node {
                 };
                 let _ = reply.send(taken);
             }
+            Command::LearnerReady { id, reply } => {
+                let _ = reply.send(self.learner_ready(id));
+            }
             Command::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
             }
@@ -575,6 +603,18 @@ impl Node {
                 self.proposals.proposed(id, now);
             }
         }
+    }
+
+    /// etcd's `isLearnerReady`: the learner's match index is at least 90 % of the
+    /// leader's.
+    fn learner_ready(&self, id: u64) -> Result<bool, RequestError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(RequestError::NotLeader);
+        }
+        let prs = self.raw.raft.prs();
+        let leader = prs.get(self.cfg.id).map_or(0, |p| p.matched);
+        let learner = prs.get(id).ok_or(RequestError::MemberNotFound)?.matched;
+        Ok(learner as f64 >= leader as f64 * 0.9)
     }
 
     fn transfer_leader(&mut self, target: Option<u64>) -> Result<u64, RequestError> {
@@ -774,6 +814,8 @@ impl Node {
 
     fn after_apply(&mut self) {
         if std::mem::take(&mut self.membership_changed) {
+            let learner = self.raw.raft.prs().conf().learners().contains(&self.cfg.id);
+            self.status.learner.store(learner, Ordering::Release);
             match crate::membership::list(self.log.conn()) {
                 Ok(members) => self.outbox.update_members(&members),
                 Err(e) => tracing::error!(error = %e, "cannot read membership after a conf change"),

@@ -174,7 +174,7 @@ impl Member {
             &cfg,
             (boot.member_id, boot.cluster_id),
             readers,
-            node.clone(),
+            (node.clone(), transport.clone()),
             applied,
         ));
         let clients = ClientListeners::serve(&cfg.listen_client_urls, client_tls, ctx).await?;
@@ -290,7 +290,7 @@ fn api_context(
     cfg: &Config,
     (member_id, cluster_id): (u64, u64),
     readers: ReaderPool,
-    node: NodeHandle,
+    (node, peers): (NodeHandle, PeerTransport),
     applied: AppliedState,
 ) -> ApiContext {
     ApiContext {
@@ -311,5 +311,6 @@ fn api_context(
         },
         max_learners: cfg.max_learners as usize,
         strict_reconfig_check: cfg.strict_reconfig_check,
+        peers,
     }
 }

@@ -27,6 +27,31 @@ pub const QUERY: [u8; super::handshake::HELLO_LEN] = {
     b
 };
 
+/// The opening of a promotion check: may the learner whose ID follows be promoted?
+/// Asked of the leader by a member that got `MemberPromote` (etcd forwards the whole
+/// promotion over peer HTTP, `POST /members/promote/<id>`; here only the check the
+/// leader alone can make travels, the conf change goes through Raft as any other).
+pub const PROMOTE_MAGIC: &[u8; 5] = b"QPRM\x01";
+
+pub fn promote_query(learner: u64) -> [u8; super::handshake::HELLO_LEN] {
+    let mut b = [0u8; super::handshake::HELLO_LEN];
+    b[..5].copy_from_slice(PROMOTE_MAGIC);
+    b[5..13].copy_from_slice(&learner.to_be_bytes());
+    b
+}
+
+/// The learner a promotion check asks about, if `opening` is one.
+pub fn parse_promote_query(opening: &[u8; super::handshake::HELLO_LEN]) -> Option<u64> {
+    (&opening[..5] == PROMOTE_MAGIC)
+        .then(|| u64::from_be_bytes(opening[5..13].try_into().expect("8 bytes")))
+}
+
+/// Answers of a promotion check.
+pub const READY: u8 = 0;
+pub const NOT_READY: u8 = 1;
+pub const NOT_LEADER: u8 = 2;
+pub const NOT_FOUND: u8 = 3;
+
 /// Largest answer read (a member list is a few hundred bytes per member).
 const MAX_ANSWER: usize = 1 << 20;
 

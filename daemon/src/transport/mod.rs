@@ -146,6 +146,58 @@ impl PeerTransport {
         let _ = self.inner.membership.set(readers);
     }
 
+    /// Asks the leader `leader` whether learner `learner` is in sync with it; the
+    /// answer is one of [`members_query`]'s promotion answers.
+    pub async fn ask_learner_ready(&self, leader: u64, learner: u64) -> Result<u8, String> {
+        let urls = self
+            .inner
+            .members
+            .read()
+            .expect("members lock")
+            .get(&leader)
+            .cloned()
+            .unwrap_or_default();
+        let endpoint = self
+            .inner
+            .endpoints
+            .first()
+            .ok_or("no peer listener")?
+            .clone();
+        let mut last = String::from("no peer URLs");
+        for url in urls {
+            let ask = async {
+                let hostport = url.split("://").nth(1).ok_or("not a URL")?;
+                let addr = tokio::net::lookup_host(hostport)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .next()
+                    .ok_or("no address")?;
+                let conn = endpoint
+                    .connect_with(self.inner.client_config.clone(), addr, &server_name(&url))
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(&members_query::promote_query(learner))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                let mut answer = [0u8; 1];
+                recv.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close(0u32.into(), b"done");
+                Ok::<u8, String>(answer[0])
+            };
+            match tokio::time::timeout(Duration::from_secs(5), ask).await {
+                Ok(Ok(a)) => return Ok(a),
+                Ok(Err(e)) => last = format!("{url}: {e}"),
+                Err(_) => last = format!("{url}: timed out"),
+            }
+        }
+        Err(last)
+    }
+
     /// Other members of the cluster, and how many of them are connected right now.
     pub fn peer_counts(&self) -> (usize, usize) {
         let links = self.inner.links.lock().expect("links lock");
@@ -343,6 +395,10 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 answer_members_query(&inner, send).await;
                 return;
             }
+            if let Some(learner) = members_query::parse_promote_query(&opening) {
+                answer_promote_query(&inner, learner, send).await;
+                return;
+            }
             let hello = match Hello::decode(&opening) {
                 Ok(h) => h,
                 Err(e) => {
@@ -418,6 +474,23 @@ async fn answer_members_query(inner: &Arc<Inner>, send: quinn::SendStream) {
         }
         Ok(Err(e)) => tracing::error!(error = %e, "cannot read membership for a joining member"),
         Err(e) => tracing::error!(error = %e, "membership read task failed"),
+    }
+}
+
+/// Tells a member whether a learner may be promoted (see [`members_query`]).
+async fn answer_promote_query(inner: &Arc<Inner>, learner: u64, mut send: quinn::SendStream) {
+    let Some(node) = inner.node.get() else {
+        return;
+    };
+    let answer = match node.learner_ready(learner).await {
+        Ok(true) => members_query::READY,
+        Ok(false) => members_query::NOT_READY,
+        Err(crate::error::RequestError::MemberNotFound) => members_query::NOT_FOUND,
+        Err(_) => members_query::NOT_LEADER,
+    };
+    if send.write_all(&[answer]).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
 }
 
