@@ -77,6 +77,28 @@ pub fn set_learner(conn: &Connection, id: u64, is_learner: bool) -> Result<(), S
     Ok(())
 }
 
+/// Gives a member new peer URLs (etcd's `member update`); refused for an unknown
+/// member, or URLs another member has.
+pub fn update_peer_urls(
+    conn: &Connection,
+    id: u64,
+    peer_urls: &[String],
+) -> Result<(), crate::error::RequestError> {
+    let members = list(conn)?;
+    if !members.iter().any(|m| m.id == id) {
+        return Err(crate::error::RequestError::MemberNotFound);
+    }
+    if members
+        .iter()
+        .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+    {
+        return Err(crate::error::RequestError::PeerUrlExists);
+    }
+    conn.prepare_cached("UPDATE members SET peer_urls = ?2 WHERE id = ?1")?
+        .execute(params![id as i64, encode_urls(peer_urls)])?;
+    Ok(())
+}
+
 pub fn remove(conn: &Connection, id: u64) -> Result<(), StorageError> {
     conn.prepare_cached("DELETE FROM members WHERE id = ?1")?
         .execute(params![id as i64])?;

@@ -107,7 +107,7 @@ impl Cluster {
         if learner {
             args.push("--learner");
         }
-        let out = self.members[via].etcdctl().run(&args);
+        let out = self.members[via].etcdctl().run_reconfig(&args);
         if out.success {
             spec.env = printed_env(&out.stdout);
         }

@@ -20,6 +20,7 @@ use crate::membership::{self, Member};
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::*;
 use crate::proto::qetcdpb::MemberRecord;
+use crate::proto::qetcdpb::raft_request::Request as RaftRequestKind;
 
 pub struct ClusterService {
     ctx: Arc<ApiContext>,
@@ -83,6 +84,60 @@ impl ClusterService {
         }
     }
 
+    /// Voters this member has been connected to for [`HEALTH_INTERVAL`], itself
+    /// included (etcd's `numConnectedSince`).
+    fn connected_voters(&self, members: &[Member]) -> usize {
+        let connected = self.ctx.peers.connected_for(HEALTH_INTERVAL);
+        members
+            .iter()
+            .filter(|m| !m.is_learner)
+            .filter(|m| m.id == self.ctx.member_id || connected.contains(&m.id))
+            .count()
+    }
+
+    /// `--strict-reconfig-check` for a new voter (§7.3): enough started voters, and a
+    /// quorum of the grown cluster connected to this member for a while.
+    fn may_add_voter(&self, members: &[Member]) -> Result<(), RequestError> {
+        if !self.ctx.strict_reconfig_check {
+            return Ok(());
+        }
+        if !enough_started_to_add_voter(members) {
+            return Err(RequestError::NotEnoughStartedMembers);
+        }
+        let voters = members.iter().filter(|m| !m.is_learner).count();
+        if voters > 1 && self.connected_voters(members) < quorum(voters + 1) {
+            return Err(RequestError::UnhealthyCluster);
+        }
+        Ok(())
+    }
+
+    /// `--strict-reconfig-check` for a removal (etcd's `mayRemoveMember`): learners and
+    /// members this one is not connected to go freely; otherwise the voters left must
+    /// have started and be connected in quorum.
+    fn may_remove(&self, members: &[Member], id: u64) -> Result<(), RequestError> {
+        if !self.ctx.strict_reconfig_check || members.iter().any(|m| m.id == id && m.is_learner) {
+            return Ok(());
+        }
+        if !enough_started_to_remove(members, id) {
+            return Err(RequestError::NotEnoughStartedMembers);
+        }
+        let target_connected = id == self.ctx.member_id
+            || self
+                .ctx
+                .peers
+                .connected_for(std::time::Duration::ZERO)
+                .contains(&id);
+        if !target_connected {
+            return Ok(());
+        }
+        let voters = members.iter().filter(|m| !m.is_learner).count();
+        let active = self.connected_voters(members);
+        if active.saturating_sub(1) < 1 + (voters - 1) / 2 {
+            return Err(RequestError::UnhealthyCluster);
+        }
+        Ok(())
+    }
+
     fn protos(members: &[Member]) -> Vec<crate::proto::etcdserverpb::Member> {
         members.iter().map(Member::to_proto).collect()
     }
@@ -134,6 +189,26 @@ pub(crate) fn enough_started_to_add_voter(members: &[Member]) -> bool {
     started > total / 2
 }
 
+/// Votes a Raft group of `n` voters needs.
+fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// etcd's `HealthInterval`: a peer counts as connected for a strict reconfiguration
+/// check once its connection has lasted this long.
+const HEALTH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// etcd's `IsReadyToRemoveVotingMember`: without `id`, a quorum of the remaining
+/// voters must have started.
+pub(crate) fn enough_started_to_remove(members: &[Member], id: u64) -> bool {
+    let remaining: Vec<&Member> = members
+        .iter()
+        .filter(|m| !m.is_learner && m.id != id)
+        .collect();
+    let started = remaining.iter().filter(|m| !m.name.is_empty()).count();
+    started > remaining.len() / 2
+}
+
 /// etcd's `isReadyToPromoteMember`: the learner counts as a started voter, and a
 /// quorum of the voters must have started.
 pub(crate) fn enough_started_to_promote(members: &[Member]) -> bool {
@@ -179,8 +254,8 @@ impl Cluster for ClusterService {
             if learners + 1 > self.ctx.max_learners {
                 return Err(RequestError::TooManyLearners.into());
             }
-        } else if self.ctx.strict_reconfig_check && !enough_started_to_add_voter(&members) {
-            return Err(RequestError::NotEnoughStartedMembers.into());
+        } else {
+            self.may_add_voter(&members)?;
         }
         // etcd 3.4+: the new member's ID hashes its peer URLs, no token, and the time.
         let now = std::time::SystemTime::now()
@@ -221,9 +296,11 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = req.into_inner().id;
         let is_member = |members: &[Member]| members.iter().any(|m| m.id == id);
-        if !is_member(&self.members().await?) {
+        let members = self.members().await?;
+        if !is_member(&members) {
             return Err(RequestError::MemberNotFound.into());
         }
+        self.may_remove(&members, id)?;
         let change = single_change(ConfChangeType::RemoveNode, id, None);
         let members = self.change(change, |ms| !is_member(ms)).await?;
         Ok(Response::new(MemberRemoveResponse {
@@ -234,9 +311,40 @@ impl Cluster for ClusterService {
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented("member update is not supported yet"))
+        let req = req.into_inner();
+        let urls = peer_urls(&req.peer_ur_ls)?;
+        let texts: Vec<String> = urls.iter().map(crate::config::url_string).collect();
+        let members = self.members().await?;
+        if !members.iter().any(|m| m.id == req.id) {
+            return Err(RequestError::MemberNotFound.into());
+        }
+        if members
+            .iter()
+            .any(|m| m.id != req.id && m.peer_urls.iter().any(|u| texts.contains(u)))
+        {
+            return Err(RequestError::PeerUrlExists.into());
+        }
+        // Raft's configuration stays as it is: an ordinary entry, checked again when
+        // applied (another change may have come first).
+        let update = RaftRequestKind::MemberUpdate(crate::proto::qetcdpb::MemberUpdate {
+            id: req.id,
+            peer_urls: texts.clone(),
+        });
+        let applied = tokio::time::timeout(self.ctx.request_timeout, self.ctx.node.propose(update))
+            .await
+            .map_err(|_| RequestError::Timeout)??;
+        debug_assert!(matches!(
+            applied,
+            crate::state_machine::Applied::MemberUpdated
+        ));
+        tracing::info!(member_id = %format!("{:x}", req.id), peer_urls = ?texts, "updated member");
+        let members = self.members().await?;
+        Ok(Response::new(MemberUpdateResponse {
+            header: Some(self.ctx.header(0)),
+            members: Self::protos(&members),
+        }))
     }
 
     async fn member_promote(
@@ -304,6 +412,19 @@ mod tests {
             member(2, "b", false),
             member(3, "", false)
         ]));
+    }
+
+    #[test]
+    fn started_members_rule_for_a_removal() {
+        let ms = [
+            member(1, "a", false),
+            member(2, "b", false),
+            member(3, "", false),
+        ];
+        // Without 2: a and the unstarted 3 remain; 1 of 2 started is not a quorum.
+        assert!(!enough_started_to_remove(&ms, 2));
+        // Without the unstarted one: both remaining started.
+        assert!(enough_started_to_remove(&ms, 3));
     }
 
     #[test]

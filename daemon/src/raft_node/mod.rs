@@ -813,7 +813,7 @@ impl Node {
     }
 
     fn after_apply(&mut self) {
-        if std::mem::take(&mut self.membership_changed) {
+        if std::mem::take(&mut self.membership_changed) | self.machine.take_membership_touched() {
             let learner = self.raw.raft.prs().conf().learners().contains(&self.cfg.id);
             self.status.learner.store(learner, Ordering::Release);
             match crate::membership::list(self.log.conn()) {

@@ -91,6 +91,8 @@ struct Link {
     removed: AtomicBool,
     /// Messages dropped because the queue was full (logged at powers of two).
     dropped: std::sync::atomic::AtomicU64,
+    /// Since when the peer has been connected without a break; `None` while it is not.
+    connected_since: Mutex<Option<std::time::Instant>>,
 }
 
 impl PeerTransport {
@@ -199,6 +201,22 @@ impl PeerTransport {
     }
 
     /// Other members of the cluster, and how many of them are connected right now.
+    /// The peers that have been connected without a break for at least `period`
+    /// (etcd's `isConnectedSince`, for `--strict-reconfig-check`).
+    pub fn connected_for(&self, period: Duration) -> Vec<u64> {
+        let links = self.inner.links.lock().expect("links lock");
+        links
+            .values()
+            .filter(|l| {
+                l.connected_since
+                    .lock()
+                    .expect("connected_since lock")
+                    .is_some_and(|since| since.elapsed() >= period)
+            })
+            .map(|l| l.peer)
+            .collect()
+    }
+
     pub fn peer_counts(&self) -> (usize, usize) {
         let links = self.inner.links.lock().expect("links lock");
         let connected = links.values().filter(|l| l.conn.borrow().is_some()).count();
@@ -282,9 +300,11 @@ impl PeerOutbox for PeerTransport {
                 conn: watch::channel(None).0,
                 removed: AtomicBool::new(false),
                 dropped: std::sync::atomic::AtomicU64::new(0),
+                connected_since: Mutex::new(None),
             });
             links.insert(*id, link.clone());
             inner.runtime.spawn(send_loop(link.clone(), rx));
+            inner.runtime.spawn(track_connected_since(link.clone()));
             let eager = inner.local_id < *id;
             inner.runtime.spawn(dial_loop(inner.clone(), link, eager));
         }
@@ -457,6 +477,25 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 same
             });
         });
+    }
+}
+
+/// Keeps `link.connected_since` in step with its connection.
+async fn track_connected_since(link: Arc<Link>) {
+    let mut conns = link.conn.subscribe();
+    loop {
+        let up = conns.borrow_and_update().is_some();
+        {
+            let mut since = link.connected_since.lock().expect("connected_since lock");
+            match (up, since.is_some()) {
+                (true, false) => *since = Some(std::time::Instant::now()),
+                (false, true) => *since = None,
+                _ => {}
+            }
+        }
+        if link.removed.load(Ordering::Acquire) || conns.changed().await.is_err() {
+            return;
+        }
     }
 }
 
