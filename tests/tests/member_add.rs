@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use qetcd_tests::{Binary, Cluster};
+use qetcd_tests::{Binary, Cluster, wait_until};
 
 #[test]
 fn member_add_prints_the_new_members_environment_and_refuses_etcds_cases() {
@@ -212,5 +212,115 @@ fn a_join_with_another_members_values_is_refused() {
     assert!(
         log.contains(&format!("member {id:x} has already been bootstrapped")),
         "{log}"
+    );
+}
+
+#[test]
+fn a_failed_member_is_replaced_by_a_new_one_with_a_fresh_data_dir() {
+    let mut cluster = Cluster::start(Binary::Qetcd, Cluster::specs("rp", 3, "replace-test"));
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let failed = (leader + 1) % 3;
+    let failed_id = cluster.member_id(failed);
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        let k = format!("grow/{i}");
+        cluster.members[leader]
+            .etcdctl()
+            .run(&["put", &k, "v"])
+            .ok();
+        keys.push(k);
+    }
+    cluster.members[failed].kill9();
+    let removed = cluster.members[leader].etcdctl().run_reconfig(&[
+        "member",
+        "remove",
+        &format!("{failed_id:x}"),
+    ]);
+    assert!(removed.ok().contains("removed from cluster"), "{removed:?}");
+
+    let (out, spec) = cluster.add_member(leader, "rp-new", false);
+    out.ok();
+    let new = cluster.join(spec);
+    cluster.members[new].wait_healthy();
+    cluster.members[new]
+        .etcdctl()
+        .run(&["put", "grow/after", "v"])
+        .ok();
+    keys.push("grow/after".into());
+    let alive: Vec<usize> = (0..cluster.members.len())
+        .filter(|i| *i != failed)
+        .collect();
+    for &i in &alive {
+        wait_until(
+            &format!("member {i} to have every key"),
+            Duration::from_secs(30),
+            || {
+                let out = cluster.members[i].etcdctl().run(&[
+                    "get",
+                    "grow/",
+                    "--prefix",
+                    "--keys-only",
+                    "--consistency=s",
+                ]);
+                keys.iter()
+                    .all(|k| out.stdout.lines().any(|l| l == k))
+                    .then_some(())
+            },
+        )
+        .unwrap();
+    }
+    let list = cluster.members[new].etcdctl().run(&["member", "list"]);
+    assert_eq!(
+        list.ok()
+            .lines()
+            .filter(|l| l.contains(", started, "))
+            .count(),
+        3,
+        "{list:?}"
+    );
+
+    // The old process, back on its old data dir, is refused and gives up.
+    cluster.members[failed].relaunch();
+    let status = cluster.members[failed]
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running:\n{}", cluster.members[failed].logs()));
+    assert_eq!(status.code(), Some(78));
+}
+
+#[test]
+fn a_member_started_as_new_never_joins_the_running_cluster() {
+    let mut cluster = Cluster::start(Binary::Qetcd, Cluster::specs("nw", 3, "new-not-join"));
+    let leader = cluster.wait_for_leader(&[0, 1, 2]);
+    let (out, mut spec) = cluster.add_member(leader, "nw3", true);
+    out.ok();
+    // The operator's classic mistake: the printed values, but state "new".
+    for (k, v) in &mut spec.env {
+        if k == "ETCD_INITIAL_CLUSTER_STATE" {
+            *v = "new".into();
+        }
+    }
+    let wrong = cluster.join(spec);
+    wait_until(
+        "both sides to log the cluster ID mismatch",
+        Duration::from_secs(30),
+        || {
+            let theirs = cluster.members[..3]
+                .iter()
+                .any(|m| m.logs().contains("request cluster ID mismatch"));
+            let ours = cluster.members[wrong]
+                .logs()
+                .contains("request sent was ignored by remote peer due to cluster ID mismatch");
+            (theirs && ours).then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", cluster.members[wrong].logs()));
+    let list = cluster.members[leader].etcdctl().run(&["member", "list"]);
+    assert_eq!(
+        list.ok()
+            .lines()
+            .filter(|l| l.contains(", unstarted, "))
+            .count(),
+        1,
+        "{list:?}"
     );
 }
