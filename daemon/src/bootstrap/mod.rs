@@ -5,6 +5,7 @@
 //! ([`dns_srv`], `--discovery-srv`) before anything is written.
 
 pub mod dns_srv;
+mod force_new;
 pub mod join;
 
 use std::fs;
@@ -101,6 +102,12 @@ pub fn bootstrap(
             data_dir = %cfg.data_dir.display(),
             "restarting member from existing data; --initial-cluster* flags are ignored"
         );
+        let conn = if cfg.force_new_cluster {
+            force_new::force_new_cluster(conn, member_id)?;
+            storage::open_writer(&db_path)?
+        } else {
+            conn
+        };
         return Ok(Bootstrapped {
             member_id,
             cluster_id,
