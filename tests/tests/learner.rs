@@ -38,6 +38,15 @@ fn a_learner_replicates_is_refused_writes_and_is_promoted_once_in_sync() {
     let status = ctl.run(&["endpoint", "status", "-w", "json"]).json();
     assert_eq!(status[0]["Status"]["isLearner"], true, "{status}");
 
+    // Never a leadership-transfer target.
+    let moved = cluster.members[leader]
+        .etcdctl()
+        .run(&["move-leader", &format!("{learner_id:x}")]);
+    assert!(
+        !moved.success && moved.stderr.contains("etcdserver: bad leader transferee"),
+        "{moved:?}"
+    );
+
     // A voter cannot be promoted.
     let voter_id = cluster.member_id(leader);
     let wrong =
