@@ -102,6 +102,9 @@ impl Cluster {
         let mut spec = MemberSpec::new(name);
         spec.token = None;
         spec.etcdctl_args = self.members[via].spec.etcdctl_args.clone();
+        // The same schemes as the cluster; TLS flags are the caller's to add.
+        spec.client_scheme = self.members[via].spec.client_scheme.clone();
+        spec.peer_scheme = self.members[via].spec.peer_scheme.clone();
         let peer_urls = format!("--peer-urls={}", spec.peer_url());
         let mut args = vec!["member", "add", name, &peer_urls];
         if learner {
