@@ -101,6 +101,8 @@ pub struct StateMachine {
     member_id: u64,
     revisions: Revisions,
     applied_index: u64,
+    /// The term of the entry at `applied_index` (a snapshot of the state names it).
+    applied_term: u64,
     /// What the database holds of the two above, to skip rewriting unchanged values.
     persisted: (u64, Revisions),
     /// Watch events of the current batch (see `collect_events`).
@@ -130,10 +132,12 @@ impl StateMachine {
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
+        let applied_term = Meta::AppliedTerm.get_u64(conn)?.unwrap_or(0);
         Ok(StateMachine {
             member_id,
             revisions,
             applied_index,
+            applied_term,
             persisted: (applied_index, revisions),
             events: Vec::new(),
             collect_events: false,
@@ -204,6 +208,7 @@ impl StateMachine {
             }
         };
         self.applied_index = entry.index;
+        self.applied_term = entry.term;
         Ok(conf_change)
     }
 
@@ -212,6 +217,7 @@ impl StateMachine {
     pub fn persist_progress(&mut self, conn: &Connection) -> Result<(), StorageError> {
         if self.persisted != (self.applied_index, self.revisions) {
             Meta::AppliedIndex.set_u64(conn, self.applied_index)?;
+            Meta::AppliedTerm.set_u64(conn, self.applied_term)?;
             self.revisions
                 .store(conn)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;

@@ -50,6 +50,21 @@ pub mod layout {
     }
 
     pub const MANIFEST: &str = "manifest.txt";
+
+    /// The DNS records of a `bootstrap = "dns"` cluster; for the DNS server, not a host.
+    pub fn dns_dir() -> PathBuf {
+        PathBuf::from("dns")
+    }
+
+    /// A BIND zone fragment (`$INCLUDE`).
+    pub fn bind_zone() -> PathBuf {
+        dns_dir().join("bind.zone")
+    }
+
+    /// A dnsmasq configuration fragment.
+    pub fn dnsmasq_conf() -> PathBuf {
+        dns_dir().join("dnsmasq.conf")
+    }
 }
 
 /// The group the qetcd service runs as; it reads the member's keys.

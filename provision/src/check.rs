@@ -7,6 +7,8 @@
 //! env file names exists, belongs to its key, chains to the CA the env file trusts,
 //! covers every host name of every URL it serves, and is not about to expire.
 
+pub mod dns;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +17,7 @@ use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
 use crate::bundle::layout;
+use crate::dns as records;
 use crate::inventory::{Inventory, TlsMode};
 use crate::pki::{CertFacts, RENEW_BEFORE_DAYS, key_public_bits};
 use crate::render;
@@ -60,8 +63,10 @@ impl Findings {
 }
 
 /// Variables that must be the same text on every host.
-const CLUSTER_WIDE: [&str; 3] = [
+const CLUSTER_WIDE: [&str; 5] = [
     "ETCD_INITIAL_CLUSTER",
+    "ETCD_DISCOVERY_SRV",
+    "ETCD_DISCOVERY_SRV_NAME",
     "ETCD_INITIAL_CLUSTER_TOKEN",
     "ETCD_INITIAL_CLUSTER_STATE",
 ];
@@ -73,7 +78,7 @@ pub fn check(inv: &Inventory, out: Option<&Path>, now: OffsetDateTime) -> Vec<Fi
         f.warn(w.to_string());
     }
     for m in &inv.members {
-        if let Err(e) = render::validate(&m.name, &render::env_vars(inv, m)) {
+        if let Err(e) = render::validate(inv, &m.name, &render::env_vars(inv, m)) {
             f.error(e.to_string());
         }
     }
@@ -102,7 +107,7 @@ fn check_output(inv: &Inventory, out: &Path, now: OffsetDateTime, f: &mut Findin
             }
         };
         let vars = render::parse_env_file(&text);
-        if let Err(e) = render::validate(&m.name, &vars) {
+        if let Err(e) = render::validate(inv, &m.name, &vars) {
             f.error(format!("{}: {e}", rel(&path)));
         }
         let want = render::env_vars(inv, m);
@@ -147,6 +152,10 @@ fn check_output(inv: &Inventory, out: &Path, now: OffsetDateTime, f: &mut Findin
         layout::admin().join("etcdctl.env"),
         render::etcdctl_env(inv),
     ));
+    if let (Some(zone), Some(conf)) = (records::bind_zone(inv), records::dnsmasq_conf(inv)) {
+        texts.push((layout::bind_zone(), zone));
+        texts.push((layout::dnsmasq_conf(), conf));
+    }
     for (path, want) in texts {
         match std::fs::read_to_string(out.join(&path)) {
             Err(e) => f.error(format!("{}: {e} (run `provision render`)", rel(&path))),

@@ -61,10 +61,34 @@ fn join_lines(d: &[Diagnostic]) -> String {
 }
 
 /// How members find each other the first time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootstrap {
     /// Every member is listed in `ETCD_INITIAL_CLUSTER`.
     Static,
+    /// etcd's DNS SRV discovery (`ETCD_DISCOVERY_SRV`): members read each other from the
+    /// SRV records of `domain`, whose targets are the members' hostnames. Those
+    /// records are rendered too, so the inventory stays the one description.
+    Dns(SrvDiscovery),
+}
+
+/// The DNS side of `bootstrap = "dns"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SrvDiscovery {
+    /// Lower case, without a trailing dot.
+    pub domain: String,
+    /// etcd's `--discovery-srv-name`: a suffix that gives the cluster record names of
+    /// its own (`_etcd-server-ssl-<srv_name>._tcp`), so several clusters share a domain.
+    pub srv_name: Option<String>,
+}
+
+impl Inventory {
+    /// The SRV discovery settings, when the cluster bootstraps from DNS.
+    pub fn srv(&self) -> Option<&SrvDiscovery> {
+        match &self.bootstrap {
+            Bootstrap::Static => None,
+            Bootstrap::Dns(d) => Some(d),
+        }
+    }
 }
 
 /// What protects client and peer traffic.
@@ -190,6 +214,8 @@ struct RawCluster {
     name: Option<Spanned<String>>,
     token: Option<Spanned<String>>,
     bootstrap: Option<Spanned<String>>,
+    domain: Option<Spanned<String>>,
+    srv_name: Option<Spanned<String>>,
     tls: Option<Spanned<String>>,
     client_port: Option<Spanned<i64>>,
     peer_port: Option<Spanned<i64>>,
@@ -340,30 +366,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
         Some(t) => Some(t.get_ref().clone()),
     };
 
-    let bootstrap = match &cluster.bootstrap {
-        None => Some(Bootstrap::Static),
-        Some(b) => match b.get_ref().as_str() {
-            "static" => Some(Bootstrap::Static),
-            mode @ ("discovery" | "dns") => {
-                c.error(
-                    &b.span(),
-                    "cluster.bootstrap",
-                    format!("{mode:?} is not supported yet; use \"static\""),
-                );
-                None
-            }
-            other => {
-                c.error(
-                    &b.span(),
-                    "cluster.bootstrap",
-                    format!(
-                        "unknown bootstrap mode {other:?}: expected \"static\" (\"discovery\" and \"dns\" are not supported yet)"
-                    ),
-                );
-                None
-            }
-        },
-    };
+    let bootstrap = check_bootstrap(c, &cluster, &cluster_span);
 
     let tls = match &cluster.tls {
         None => {
@@ -482,7 +485,11 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
         },
     };
 
-    let members = check_members(c, &raw.member);
+    let domain = match &bootstrap {
+        Some(Bootstrap::Dns(d)) => Some(d.domain.as_str()),
+        _ => None,
+    };
+    let members = check_members(c, &raw.member, domain);
 
     Some(Inventory {
         file: String::new(),
@@ -500,7 +507,114 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
     })
 }
 
-fn check_members(c: &mut Checker<'_>, raw: &[Spanned<RawMember>]) -> Option<Vec<Member>> {
+/// The bootstrap mode, with `domain` and `srv_name`, which only `dns` takes.
+fn check_bootstrap(
+    c: &mut Checker<'_>,
+    cluster: &RawCluster,
+    cluster_span: &Range<usize>,
+) -> Option<Bootstrap> {
+    let mode = cluster.bootstrap.as_ref();
+    let mode_span = mode.map_or(cluster_span.clone(), Spanned::span);
+    match mode.map(|b| b.get_ref().as_str()) {
+        None | Some("static") => {
+            let mut ok = true;
+            for (field, value) in [("domain", &cluster.domain), ("srv_name", &cluster.srv_name)] {
+                if let Some(v) = value {
+                    c.error(
+                        &v.span(),
+                        &format!("cluster.{field}"),
+                        "only used with bootstrap = \"dns\" (the members' SRV records); a static cluster lists its members in ETCD_INITIAL_CLUSTER",
+                    );
+                    ok = false;
+                }
+            }
+            ok.then_some(Bootstrap::Static)
+        }
+        Some("dns") => {
+            let domain = match &cluster.domain {
+                None => {
+                    c.error(
+                        &mode_span,
+                        "cluster.domain",
+                        "missing: bootstrap \"dns\" reads the members from this domain's SRV records (etcd's --discovery-srv, e.g. \"example.com\")",
+                    );
+                    None
+                }
+                Some(d) => {
+                    let v = d.get_ref();
+                    if v.parse::<IpAddr>().is_err() && is_dns_name(v) {
+                        Some(v.trim_end_matches('.').to_ascii_lowercase())
+                    } else {
+                        c.error(
+                            &d.span(),
+                            "cluster.domain",
+                            format!("{v:?} is not a DNS domain name"),
+                        );
+                        None
+                    }
+                }
+            };
+            let srv_name = match &cluster.srv_name {
+                None => Some(None),
+                Some(n) if is_srv_name(n.get_ref()) => Some(Some(n.get_ref().clone())),
+                Some(n) => {
+                    c.error(
+                        &n.span(),
+                        "cluster.srv_name",
+                        format!(
+                            "{:?} must be letters, digits and '-' (not at either end), at most {MAX_SRV_NAME} characters: it becomes part of the record names, as in _etcd-server-ssl-<srv_name>._tcp",
+                            n.get_ref()
+                        ),
+                    );
+                    None
+                }
+            };
+            Some(Bootstrap::Dns(SrvDiscovery {
+                domain: domain?,
+                srv_name: srv_name?,
+            }))
+        }
+        Some("discovery") => {
+            c.error(
+                &mode_span,
+                "cluster.bootstrap",
+                "\"discovery\" is not supported yet; use \"static\" or \"dns\"",
+            );
+            None
+        }
+        Some(other) => {
+            c.error(
+                &mode_span,
+                "cluster.bootstrap",
+                format!(
+                    "unknown bootstrap mode {other:?}: expected \"static\" or \"dns\" (\"discovery\" is not supported yet)"
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// The longest `srv_name` that keeps `_etcd-server-ssl-<srv_name>` within one DNS
+/// label (63 characters).
+const MAX_SRV_NAME: usize = 63 - "_etcd-server-ssl-".len();
+
+fn is_srv_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SRV_NAME
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// `domain` is the SRV discovery domain when the cluster bootstraps from DNS: every
+/// member then needs a hostname inside it (the target of its SRV records, whose A
+/// record is rendered in that domain's zone).
+fn check_members(
+    c: &mut Checker<'_>,
+    raw: &[Spanned<RawMember>],
+    domain: Option<&str>,
+) -> Option<Vec<Member>> {
     if raw.is_empty() {
         c.error(
             &(c.text.len()..c.text.len()),
@@ -576,6 +690,17 @@ fn check_members(c: &mut Checker<'_>, raw: &[Spanned<RawMember>]) -> Option<Vec<
         };
 
         let hostname = match &m.hostname {
+            None if domain.is_some() => {
+                c.error(
+                    &span,
+                    &field("hostname"),
+                    format!(
+                        "missing: with bootstrap \"dns\" every member needs a hostname in {}: its SRV records point at it and it is the member's advertised peer URL",
+                        domain.unwrap_or_default()
+                    ),
+                );
+                None
+            }
             None => Some(None),
             Some(h) => {
                 let v = h.get_ref();
@@ -595,7 +720,24 @@ fn check_members(c: &mut Checker<'_>, raw: &[Spanned<RawMember>]) -> Option<Vec<
                     None
                 } else {
                     let v = v.to_ascii_lowercase();
-                    dup(c, "hostname", v.clone(), h.span()).then_some(Some(v))
+                    // A URL host and an SRV target are written without the root dot.
+                    let v = match domain {
+                        Some(_) => v.trim_end_matches('.').to_string(),
+                        None => v,
+                    };
+                    match domain {
+                        Some(d) if !v.ends_with(&format!(".{d}")) => {
+                            c.error(
+                                &h.span(),
+                                &field("hostname"),
+                                format!(
+                                    "{v:?} is not inside cluster.domain {d:?}: with bootstrap \"dns\" its A record is published in that domain's zone, next to the SRV records that point at it"
+                                ),
+                            );
+                            None
+                        }
+                        _ => dup(c, "hostname", v.clone(), h.span()).then_some(Some(v)),
+                    }
                 }
             }
         };

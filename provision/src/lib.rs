@@ -4,11 +4,14 @@
 //!   and field);
 //! - [`pki`]: CAs and certificates for `tls = "self-signed"`, kept across renders;
 //! - [`render`]: the text of each file, checked by the daemon's own `Config`;
+//! - [`dns`]: the SRV and address records a `bootstrap = "dns"` cluster needs;
 //! - [`bundle`]: where files go, their modes and owners, idempotent writing;
-//! - [`check`]: verifying an inventory and what was rendered from it.
+//! - [`check`]: verifying an inventory and what was rendered from it, and with
+//!   `--dns` ([`check::dns`]) the records a DNS server actually serves.
 
 pub mod bundle;
 pub mod check;
+pub mod dns;
 pub mod inventory;
 pub mod pki;
 pub mod render;
@@ -47,7 +50,7 @@ pub fn build(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Rendere
     // Every env file is validated before anything else happens, so a rejected
     // configuration never leaves half an output behind.
     for m in &inv.members {
-        render::validate(&m.name, &render::env_vars(inv, m))?;
+        render::validate(inv, &m.name, &render::env_vars(inv, m))?;
     }
     for m in &inv.members {
         plan.file(
@@ -62,6 +65,10 @@ pub fn build(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Rendere
             0o644,
             Owner::Root,
         );
+    }
+    if let (Some(zone), Some(conf)) = (dns::bind_zone(inv), dns::dnsmasq_conf(inv)) {
+        plan.file(layout::bind_zone(), zone, 0o644, Owner::Root);
+        plan.file(layout::dnsmasq_conf(), conf, 0o644, Owner::Root);
     }
     // The admin directory holds the operator's key.
     plan.dir(layout::admin(), 0o700, Owner::Root);
@@ -153,4 +160,59 @@ pub fn render(inv: &Inventory, out: &Path, dry_run: bool) -> Result<Outcome, Err
     let rendered = build(inv, out, OffsetDateTime::now_utc())?;
     let report = bundle::apply(out, &rendered.plan, dry_run)?;
     Ok(Outcome { rendered, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dns_inventory_renders_its_records_checks_clean_and_renders_again_unchanged() {
+        let text = "[cluster]\nname = \"c\"\ntoken = \"t\"\nbootstrap = \"dns\"\ndomain = \"example.com\"\n\
+                    tls = \"self-signed\"\n\
+                    [[member]]\nname = \"infra0\"\naddress = \"10.0.1.10\"\nhostname = \"infra0.example.com\"\n\
+                    [[member]]\nname = \"infra1\"\naddress = \"10.0.1.11\"\nhostname = \"infra1.example.com\"\n\
+                    [[member]]\nname = \"infra2\"\naddress = \"10.0.1.12\"\nhostname = \"infra2.example.com\"\n";
+        let inv = Inventory::parse("inv.toml", text).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let first = render(&inv, dir.path(), false).unwrap();
+        for path in [layout::bind_zone(), layout::dnsmasq_conf()] {
+            assert!(
+                first
+                    .report
+                    .changes
+                    .contains(&(path.clone(), bundle::Change::Created)),
+                "{}",
+                path.display()
+            );
+        }
+        let env =
+            std::fs::read_to_string(dir.path().join(layout::on_host("infra1", layout::ENV_FILE)))
+                .unwrap();
+        assert!(env.contains("ETCD_DISCOVERY_SRV=example.com\n"), "{env}");
+        assert!(!env.contains("ETCD_INITIAL_CLUSTER="), "{env}");
+        // The peer certificate covers the SRV target the member advertises.
+        let findings = check::check(&inv, Some(dir.path()), OffsetDateTime::now_utc());
+        assert!(findings.is_empty(), "{findings:?}");
+        let again = render(&inv, dir.path(), false).unwrap();
+        assert!(
+            again.report.changes.is_empty(),
+            "{:?}",
+            again.report.changes
+        );
+        assert!(again.rendered.issued.is_empty());
+        // A hand-edited record is caught.
+        let conf = dir.path().join(layout::dnsmasq_conf());
+        let edited = std::fs::read_to_string(&conf).unwrap().replace(
+            "infra1.example.com,10.0.1.11",
+            "infra1.example.com,10.0.1.99",
+        );
+        std::fs::write(&conf, edited).unwrap();
+        let findings = check::check(&inv, Some(dir.path()), OffsetDateTime::now_utc());
+        assert_eq!(findings.len(), 1, "{findings:?}");
+        assert!(
+            findings[0].message.starts_with("dns/dnsmasq.conf: differs"),
+            "{findings:?}"
+        );
+    }
 }

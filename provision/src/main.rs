@@ -16,7 +16,7 @@ use provision::inventory::Inventory;
 /// its traffic is protected, and its members. `provision render` turns it into one
 /// bundle per host — the ETCD_* env file, a systemd drop-in and the host's TLS
 /// material — laid out as that host's filesystem, plus the operator's etcdctl
-/// credentials. `provision check` verifies an inventory and the bundles rendered from
+/// credentials and, for DNS SRV discovery, the records to publish. `provision check` verifies an inventory and the bundles rendered from
 /// it.
 #[derive(Parser)]
 #[command(name = "provision", version, propagate_version = true)]
@@ -54,6 +54,8 @@ enum Command {
 /// DIR/admin/ holds the operator's client certificate and etcdctl.env (source it from
 /// DIR), DIR/ca/ the CA keys (keep them safe; never copy them to a host), and
 /// DIR/manifest.txt the mode and owner each file is meant to have once installed.
+/// With bootstrap = "dns", DIR/dns/ holds the records to publish: bind.zone (a zone
+/// fragment for $INCLUDE) and dnsmasq.conf (for dnsmasq's conf-dir).
 ///
 /// Every env file is checked with qetcd's own configuration validation before
 /// anything is written. Rendering again is safe: CA and keys are kept, certificates
@@ -88,19 +90,28 @@ struct RenderArgs {
 ///     and has more than 30 days left (a warning otherwise);
 ///   - private keys are not readable beyond their owner and the service group.
 ///
+/// With --dns (bootstrap = "dns"), also looks up every record the inventory renders
+/// (A/AAAA of each member hostname, the server and client SRV records) through this
+/// machine's resolver, and names each one that is missing or differs.
+///
 /// Exits 1 on any error, 0 when there are at most warnings.
 #[derive(Args)]
 #[command(verbatim_doc_comment)]
 #[command(after_help = "\
 Examples:
   provision check examples/inventory.toml
-  provision check examples/inventory.toml --out bundles")]
+  provision check examples/inventory.toml --out bundles
+  provision check examples/inventory-dns.toml --dns")]
 struct CheckArgs {
     /// The inventory (TOML) describing the cluster.
     inventory: PathBuf,
     /// A directory `provision render` wrote; its bundles are checked too.
     #[arg(short, long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Look up the cluster's DNS SRV discovery records through the system resolver
+    /// and compare them with the inventory.
+    #[arg(long)]
+    dns: bool,
 }
 
 /// `println!` that ignores a closed stdout (`provision render ... | head`): by the time
@@ -159,6 +170,15 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let Some(srv) = inv.srv() {
+        say!(
+            "  bootstrap dns: publish {} or {} on the DNS server for {}, then `provision check {} --dns`",
+            provision::bundle::layout::bind_zone().display(),
+            provision::bundle::layout::dnsmasq_conf().display(),
+            srv.domain,
+            a.inventory.display()
+        );
+    }
     for note in &out.rendered.issued {
         let verb = if a.dry_run { "would issue" } else { "issued" };
         say!("  {verb} {note}");
@@ -209,7 +229,11 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
 
 fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
     let inv = Inventory::load(&a.inventory)?;
-    let findings = provision::check::check(&inv, a.out.as_deref(), time::OffsetDateTime::now_utc());
+    let mut findings =
+        provision::check::check(&inv, a.out.as_deref(), time::OffsetDateTime::now_utc());
+    if a.dns {
+        findings.extend(provision::check::dns::check(&inv));
+    }
     for f in &findings {
         say!("{f}");
     }
@@ -218,7 +242,7 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         .filter(|f| f.severity == Severity::Error)
         .count();
     let warnings = findings.len() - errors;
-    let what = match &a.out {
+    let mut what = match &a.out {
         Some(out) => format!(
             "{} and the {} bundles in {}",
             a.inventory.display(),
@@ -227,6 +251,9 @@ fn check(a: CheckArgs) -> anyhow::Result<ExitCode> {
         ),
         None => a.inventory.display().to_string(),
     };
+    if a.dns {
+        what.push_str(" and its DNS records");
+    }
     if errors == 0 {
         say!("ok: {what} ({})", plural(warnings, "warning"));
         Ok(ExitCode::SUCCESS)

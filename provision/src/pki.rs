@@ -28,6 +28,7 @@ use x509_parser::extensions::{GeneralName, ParsedExtension};
 
 use crate::bundle::layout;
 use crate::inventory::{Inventory, Member, San};
+use crate::render;
 
 /// Certificates with less time left than this are renewed by `render` and flagged by
 /// `check`.
@@ -87,10 +88,20 @@ pub struct LeafSpec {
 
 /// The peer certificate of `m`: it is presented on the peer port and when dialling
 /// other members, whose SAN check (etcd-clustering §6.4) matches it against our IP.
-pub fn peer_spec(m: &Member) -> LeafSpec {
+/// With DNS SRV discovery its hostname is the SRV target peers dial (already among
+/// [`Member::sans`]), and the bare domain is added when the daemon verifies peers as
+/// that domain (§5.2, [`render::peers_verified_as_domain`]).
+pub fn peer_spec(inv: &Inventory, m: &Member) -> LeafSpec {
+    let mut sans = m.sans();
+    if let Some(domain) = render::peers_verified_as_domain(&render::env_vars(inv, m)) {
+        let san = San::Dns(domain);
+        if !sans.contains(&san) {
+            sans.push(san);
+        }
+    }
     LeafSpec {
         common_name: m.name.clone(),
-        sans: m.sans(),
+        sans,
         server_auth: true,
         client_auth: true,
     }
@@ -164,7 +175,7 @@ pub fn prepare(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Pki, 
             out,
             &pki.join("peer.crt"),
             &pki.join("peer.key"),
-            &peer_spec(m),
+            &peer_spec(inv, m),
             &peer_ca,
             validity,
             now,

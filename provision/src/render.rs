@@ -6,7 +6,11 @@
 //! - listen URLs are IPs (a name would make the listener depend on DNS at boot);
 //! - advertised URLs are the member's address, never localhost, since other members
 //!   and clients dial them;
-//! - `ETCD_INITIAL_CLUSTER` is the same text on every host, in inventory order.
+//! - `ETCD_INITIAL_CLUSTER` is the same text on every host, in inventory order;
+//! - with `bootstrap = "dns"` there is no `ETCD_INITIAL_CLUSTER`: `ETCD_DISCOVERY_SRV`
+//!   names the domain, and the advertised peer URL is the member's hostname, written
+//!   exactly as the SRV records give it (`<scheme>://<target>:<port>`), so the member
+//!   finds itself in the records and every member hashes the same URLs into IDs.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -14,6 +18,7 @@ use qetcd::config::{Config, Parsed};
 
 use crate::bundle::{SERVICE_GROUP, layout};
 use crate::inventory::{DEFAULT_DATA_DIR, Inventory, Member, TlsMode};
+use qetcd::config::InitialCluster;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -31,15 +36,26 @@ fn client_url(inv: &Inventory, m: &Member) -> String {
     url(inv.tls.scheme(), m.address, inv.client_port)
 }
 
-fn peer_url(inv: &Inventory, m: &Member) -> String {
+fn listen_peer_url(inv: &Inventory, m: &Member) -> String {
     url(inv.tls.scheme(), m.address, inv.peer_port)
 }
 
-/// `name=peer-url,...` for all members, identical on every host.
+/// The peer URL `m` advertises: its address, or with DNS SRV discovery the target of
+/// its SRV record (its hostname, which validation made mandatory there).
+pub fn advertised_peer_url(inv: &Inventory, m: &Member) -> String {
+    match (inv.srv(), &m.hostname) {
+        (Some(_), Some(host)) => format!("{}://{host}:{}", inv.tls.scheme(), inv.peer_port),
+        _ => listen_peer_url(inv, m),
+    }
+}
+
+/// `name=peer-url,...` for all members, identical on every host. With DNS SRV
+/// discovery it is not rendered, but it is what the members will read from the
+/// records (under their real names), so validation checks against it.
 pub fn initial_cluster(inv: &Inventory) -> String {
     inv.members
         .iter()
-        .map(|m| format!("{}={}", m.name, peer_url(inv, m)))
+        .map(|m| format!("{}={}", m.name, advertised_peer_url(inv, m)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -57,14 +73,27 @@ pub fn env_vars(inv: &Inventory, m: &Member) -> Vec<(String, String)> {
     let mut v: Vec<(&str, String)> = vec![
         ("ETCD_NAME", m.name.clone()),
         ("ETCD_DATA_DIR", inv.data_dir.display().to_string()),
-        ("ETCD_LISTEN_PEER_URLS", peer_url(inv, m)),
+        ("ETCD_LISTEN_PEER_URLS", listen_peer_url(inv, m)),
         ("ETCD_LISTEN_CLIENT_URLS", listen_client.join(",")),
-        ("ETCD_INITIAL_ADVERTISE_PEER_URLS", peer_url(inv, m)),
+        (
+            "ETCD_INITIAL_ADVERTISE_PEER_URLS",
+            advertised_peer_url(inv, m),
+        ),
         ("ETCD_ADVERTISE_CLIENT_URLS", client_url(inv, m)),
-        ("ETCD_INITIAL_CLUSTER", initial_cluster(inv)),
+    ];
+    match inv.srv() {
+        None => v.push(("ETCD_INITIAL_CLUSTER", initial_cluster(inv))),
+        Some(srv) => {
+            v.push(("ETCD_DISCOVERY_SRV", srv.domain.clone()));
+            if let Some(name) = &srv.srv_name {
+                v.push(("ETCD_DISCOVERY_SRV_NAME", name.clone()));
+            }
+        }
+    }
+    v.extend([
         ("ETCD_INITIAL_CLUSTER_TOKEN", inv.token.clone()),
         ("ETCD_INITIAL_CLUSTER_STATE", "new".into()),
-    ];
+    ]);
     let pki = |f: &str| format!("{}/{f}", layout::PKI_DIR);
     match inv.tls {
         TlsMode::None => {}
@@ -125,26 +154,54 @@ pub fn parse_env_file(text: &str) -> Vec<(String, String)> {
 /// bootstrapping a new member. Any warning counts as an error: an unknown variable
 /// in a rendered file is a bug. Touches no files and resolves no names (every URL is
 /// an IP, and the member's own entry is written exactly as advertised).
-pub fn validate(member: &str, vars: &[(String, String)]) -> Result<(), RenderError> {
+///
+/// With `ETCD_DISCOVERY_SRV`, the initial cluster qetcd would check comes from DNS at
+/// start-up; here it is the one `inv`'s rendered records give ([`initial_cluster`]).
+pub fn validate(
+    inv: &Inventory,
+    member: &str,
+    vars: &[(String, String)],
+) -> Result<(), RenderError> {
     let rejected = |message: String| RenderError::Rejected {
         member: member.to_string(),
         message,
     };
-    let config = match Config::parse(["qetcd"], vars).map_err(|e| rejected(e.to_string()))? {
+    let mut config = daemon_config(vars).map_err(rejected)?;
+    config.validate().map_err(|e| rejected(e.to_string()))?;
+    if !config.discovery_srv.is_empty() {
+        config.initial_cluster = InitialCluster::parse(&initial_cluster(inv))
+            .map_err(|e| rejected(format!("the SRV records would give {e}")))?;
+    }
+    config
+        .validate_new_cluster()
+        .map_err(|e| rejected(e.to_string()))
+}
+
+/// The daemon's `Config` from `vars`; a warning (such as an unknown variable) is an
+/// error.
+fn daemon_config(vars: &[(String, String)]) -> Result<Box<Config>, String> {
+    let config = match Config::parse(["qetcd"], vars).map_err(|e| e.to_string())? {
         Parsed::Run { config, warnings } => {
             if !warnings.is_empty() {
-                return Err(rejected(warnings.join("; ")));
+                return Err(warnings.join("; "));
             }
             config
         }
         Parsed::Help(_) | Parsed::Version => {
-            return Err(rejected("parsed as a --help or --version request".into()));
+            return Err("parsed as a --help or --version request".into());
         }
     };
-    config.validate().map_err(|e| rejected(e.to_string()))?;
-    config
-        .validate_new_cluster()
-        .map_err(|e| rejected(e.to_string()))
+    Ok(config)
+}
+
+/// The domain the daemon will verify this member's peers as, if any: DNS SRV
+/// discovery with https peers and no peer CA (etcd-clustering §5.2), decided by the
+/// daemon's own rule on `vars`, so peer certificates name the bare domain exactly
+/// when the daemon needs it. None of today's TLS modes needs it (`self-signed` gives
+/// peers a CA, `auto` is never verified), but a mode without a peer CA would.
+pub fn peers_verified_as_domain(vars: &[(String, String)]) -> Option<String> {
+    let config = daemon_config(vars).ok()?;
+    qetcd::tls::srv_domain::forced_server_name(&config).map(str::to_string)
 }
 
 /// The systemd drop-in. The unit already runs qetcd with its data in
@@ -230,7 +287,7 @@ mod tests {
             let get = |k: &str| vars.iter().find(|(n, _)| n == k).unwrap().1.clone();
             assert_eq!(get("ETCD_INITIAL_CLUSTER"), cluster);
             assert!(!get("ETCD_ADVERTISE_CLIENT_URLS").contains("127.0.0.1"));
-            validate(&m.name, &vars).unwrap();
+            validate(&inv, &m.name, &vars).unwrap();
             assert_eq!(parse_env_file(&env_file(&inv, m)), vars);
         }
         let vars = env_vars(&inv, &inv.members[2]);
@@ -249,7 +306,7 @@ mod tests {
             );
             let inv = Inventory::parse("x.toml", &text).unwrap();
             let vars = env_vars(&inv, &inv.members[0]);
-            validate("a", &vars).unwrap();
+            validate(&inv, "a", &vars).unwrap();
             let scheme = if mode == "none" {
                 "http://"
             } else {
@@ -268,7 +325,7 @@ mod tests {
         let inv = inventory("");
         let mut vars = env_vars(&inv, &inv.members[0]);
         vars.push(("ETCD_NO_SUCH_THING".into(), "1".into()));
-        let e = validate("infra0", &vars).unwrap_err().to_string();
+        let e = validate(&inv, "infra0", &vars).unwrap_err().to_string();
         assert!(e.contains("ETCD_NO_SUCH_THING"), "{e}");
     }
 
@@ -280,5 +337,94 @@ mod tests {
         assert!(d.contains("install -d -m 0700 -o qetcd -g qetcd /srv/qetcd"));
         let inv = inventory("");
         assert!(!dropin(&inv, &inv.members[0]).contains("ReadWritePaths"));
+    }
+
+    fn dns_inventory(extra: &str) -> Inventory {
+        let text = format!(
+            "[cluster]\nname = \"c\"\ntoken = \"t-1\"\nbootstrap = \"dns\"\ndomain = \"example.com\"\n{extra}\n\
+             [[member]]\nname = \"infra0\"\naddress = \"10.0.1.10\"\nhostname = \"infra0.example.com\"\n\
+             [[member]]\nname = \"infra1\"\naddress = \"10.0.1.11\"\nhostname = \"infra1.example.com\"\n\
+             [[member]]\nname = \"infra2\"\naddress = \"fd00::12\"\nhostname = \"infra2.example.com\"\n"
+        );
+        Inventory::parse("inv.toml", &text).unwrap()
+    }
+
+    #[test]
+    fn dns_bootstrap_names_the_domain_instead_of_the_cluster() {
+        for (tls, scheme) in [
+            ("self-signed", "https"),
+            ("auto", "https"),
+            ("none", "http"),
+        ] {
+            let inv = dns_inventory(&format!("tls = \"{tls}\"\nsrv_name = \"dev\""));
+            for (i, m) in inv.members.iter().enumerate() {
+                let vars = env_vars(&inv, m);
+                let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+                assert_eq!(get("ETCD_INITIAL_CLUSTER"), None);
+                assert_eq!(get("ETCD_DISCOVERY_SRV"), Some("example.com"));
+                assert_eq!(get("ETCD_DISCOVERY_SRV_NAME"), Some("dev"));
+                // Advertised as the SRV target, listening on the address.
+                assert_eq!(
+                    get("ETCD_INITIAL_ADVERTISE_PEER_URLS").unwrap(),
+                    format!("{scheme}://infra{i}.example.com:2380")
+                );
+                assert!(
+                    !get("ETCD_LISTEN_PEER_URLS")
+                        .unwrap()
+                        .contains("example.com"),
+                    "{vars:?}"
+                );
+                assert_eq!(get("ETCD_INITIAL_CLUSTER_TOKEN"), Some("t-1"));
+                validate(&inv, &m.name, &vars).unwrap();
+                assert_eq!(parse_env_file(&env_file(&inv, m)), vars);
+            }
+        }
+        let inv = dns_inventory("tls = \"none\"");
+        let vars = env_vars(&inv, &inv.members[0]);
+        assert!(!vars.iter().any(|(k, _)| k == "ETCD_DISCOVERY_SRV_NAME"));
+    }
+
+    #[test]
+    fn a_dns_env_whose_member_the_records_do_not_list_is_rejected() {
+        let inv = dns_inventory("tls = \"none\"");
+        let mut vars = env_vars(&inv, &inv.members[0]);
+        for (k, v) in &mut vars {
+            if k == "ETCD_INITIAL_ADVERTISE_PEER_URLS" {
+                *v = "http://10.0.1.10:2380".into();
+            }
+        }
+        // Comparing an IP with the records' host name would need a lookup: refused
+        // either way, never resolved here.
+        let e = validate(&inv, "infra0", &vars).unwrap_err().to_string();
+        assert!(
+            e.contains("missing from --initial-advertise-peer-urls"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn peer_certificates_name_the_domain_only_when_peers_have_no_ca() {
+        let inv = dns_inventory("tls = \"self-signed\"");
+        let vars = env_vars(&inv, &inv.members[0]);
+        assert_eq!(peers_verified_as_domain(&vars), None);
+        let without_ca: Vec<(String, String)> = vars
+            .iter()
+            .filter(|(k, _)| k != "ETCD_PEER_TRUSTED_CA_FILE")
+            .cloned()
+            .collect();
+        assert_eq!(
+            peers_verified_as_domain(&without_ca).as_deref(),
+            Some("example.com")
+        );
+        let auto = dns_inventory("tls = \"auto\"");
+        assert_eq!(
+            peers_verified_as_domain(&env_vars(&auto, &auto.members[0])),
+            None
+        );
+        let static_inv = inventory("");
+        assert_eq!(
+            peers_verified_as_domain(&env_vars(&static_inv, &static_inv.members[0])),
+            None
+        );
     }
 }

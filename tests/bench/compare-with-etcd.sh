@@ -1,79 +1,123 @@
 #!/usr/bin/env bash
-# Benchmark: the same load against a qetcd cluster and a Debian etcd cluster on this
-# machine, one after the other, and the ratio qetcd/etcd for each figure.
+# Benchmark: the same load against a qetcd cluster and a Debian etcd cluster running side
+# by side on this machine, interleaved: every scenario runs on both in each round, the
+# order alternating between rounds, and the ratio qetcd/etcd is printed per round. A
+# benchmark, not a test: it prints numbers and never fails on them.
 #
-#   tests/bench/compare-with-etcd.sh [members] [total requests per run]
+#   tests/bench/compare-with-etcd.sh [members] [rounds] [requests per run] [key spaces]
+#   e.g. tests/bench/compare-with-etcd.sh 3 3 20000 "100 10000 1000000"
 #
-# Members listen on 127.0.90.x (qetcd) and 127.0.91.x (etcd); data lives in a
-# temporary directory that is removed at the end. A benchmark, not a test: it prints
-# numbers and never fails on them. "CPU" is the members' CPU time (all of them,
-# user + system) per request: the figure that decides throughput on a saturated
-# machine, and the least disturbed by other load on it.
+# Keys are 32 bytes, values 256 bytes. For each key space (ascending), both clusters are
+# first loaded with every key of the space, so puts are updates of existing keys at
+# random places in the key space, as Kubernetes' are; "seq put" runs first, on empty
+# clusters, and inserts keys in order (the case that flatters any B-tree).
+#
+# Columns: throughput, p99 latency, and the members' CPU time (all of them, user +
+# system) per request: the figure that decides throughput on a saturated machine and is
+# the least disturbed by other load on it. After the largest key space, each member's
+# resident memory is printed.
+#
+# Members listen on 127.0.90.x (qetcd) and 127.0.91.x (etcd); data lives in a temporary
+# directory that is removed at the end. Set SCENARIOS to run a subset, e.g.
+# SCENARIOS="put:64 put:256".
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 members=${1:-3}
-total=${2:-20000}
+rounds=${2:-3}
+total=${3:-20000}
+spaces=${4:-"100 10000 1000000"}
+scenarios=${SCENARIOS:-"put:1 put:64 put:256 range:64 range-serializable:64 txn:64"}
 
 cargo build --release -q -p qetcd -p qetcd-tests --bins
 load=target/release/etcd-load
 work=$(mktemp -d)
-pids=()
-cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+declare -A pids
+cleanup() { kill -9 ${pids[@]} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-start_cluster() { # binary net
-    local bin=$1 net=$2 cluster="" i
+net_of() { [[ $1 == qetcd ]] && echo 127.0.90 || echo 127.0.91; }
+bin_of() { [[ $1 == qetcd ]] && echo target/release/qetcd || echo /usr/bin/etcd; }
+
+start_cluster() { # impl
+    local impl=$1 net bin cluster="" i
+    net=$(net_of "$impl"); bin=$(bin_of "$impl")
     for ((i = 1; i <= members; i++)); do cluster+="m$i=http://$net.$i:2380,"; done
+    local p=""
     for ((i = 1; i <= members; i++)); do
         "$bin" --name "m$i" --data-dir "$work/$net-$i" \
             --listen-client-urls "http://$net.$i:2379" --advertise-client-urls "http://$net.$i:2379" \
             --listen-peer-urls "http://$net.$i:2380" --initial-advertise-peer-urls "http://$net.$i:2380" \
             --initial-cluster "${cluster%,}" --initial-cluster-token bench \
-            >"$work/$net-$i.log" 2>&1 &
-        pids+=($!)
+            --quota-backend-bytes 8589934592 >"$work/$net-$i.log" 2>&1 &
+        p+="$! "
     done
+    pids[$impl]=$p
     local deadline=$((SECONDS + 60))
-    until ETCDCTL_API=3 etcdctl --endpoints "http://$net.1:2379" endpoint health >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "cluster on $net did not become healthy" >&2; exit 1; }
+    until ETCDCTL_API=3 etcdctl --endpoints "$(endpoints "$impl")" endpoint health >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { echo "$impl cluster did not become healthy" >&2; exit 1; }
         sleep 0.2
     done
 }
 
-# CPU time (clock ticks) the members have used so far: the machine has two cores, so
-# server CPU per request is what decides throughput once it is saturated.
-cpu_ticks() { local t=0 p f; for p in "${pids[@]}"; do read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
+endpoints() { local net i out=""; net=$(net_of "$1"); for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
+
+# CPU time (clock ticks) an implementation's members have used so far.
+cpu_ticks() { local t=0 p f; for p in ${pids[$1]}; do read -r -a f <"/proc/$p/stat"; t=$((t + f[13] + f[14])); done; echo "$t"; }
 hz=$(getconf CLK_TCK)
 
-endpoints() { local net=$1 i out=""; for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
-
-run() { # net op clients
-    "$load" --endpoints "$(endpoints "$1")" --op "$2" --clients "$3" --conns $(( $3 < 16 ? $3 : 16 )) \
-        --total "$total" --value-size 256 --key-space 100000
+run() { # impl op clients keys space requests
+    "$load" --endpoints "$(endpoints "$1")" --op "$2" --clients "$3" --conns $(($3 < 8 ? $3 : 8)) \
+        --total "$6" --value-size 256 --key-size 32 --keys "$4" --key-space "$5"
 }
 
-declare -A results cpu
-scenarios=("put 1" "put 64" "put 256" "range 64" "range-serializable 64" "txn 64")
-for impl in qetcd etcd; do
-    if [[ $impl == qetcd ]]; then start_cluster target/release/qetcd 127.0.90; net=127.0.90
-    else start_cluster /usr/bin/etcd 127.0.91; net=127.0.91; fi
-    for s in "${scenarios[@]}"; do
-        read -r op clients <<<"$s"
-        before=$(cpu_ticks)
-        results["$impl $s"]=$(run "$net" "$op" "$clients")
-        cpu["$impl $s"]=$(python3 -c "print(($(cpu_ticks) - $before) / $hz / $total * 1e6)")
-    done
-    kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; pids=()
-done
-
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
-printf '%-24s %12s %12s %7s %10s %10s %7s %10s %10s %7s\n' "scenario ($members members)" "qetcd req/s" "etcd req/s" "ratio" \
-    "qetcd p99" "etcd p99" "ratio" "qetcd CPU" "etcd CPU" "ratio"
-for s in "${scenarios[@]}"; do
-    q=${results["qetcd $s"]}; e=${results["etcd $s"]}
-    qt=$(field "$q" throughput); et=$(field "$e" throughput)
-    qp=$(field "$q" p99_ms); ep=$(field "$e" p99_ms)
-    qc=${cpu["qetcd $s"]}; ec=${cpu["etcd $s"]}
-    printf '%-24s %12.0f %12.0f %7.2f %8.2fms %8.2fms %7.2f %8.0fus %8.0fus %7.2f\n' "$s clients" "$qt" "$et" \
-        "$(python3 -c "print($qt/$et)")" "$qp" "$ep" "$(python3 -c "print($qp/$ep)")" \
-        "$qc" "$ec" "$(python3 -c "print($qc/$ec)")"
+
+# One measurement of both implementations; prints a table row with the ratios.
+measure() { # label round op clients keys space
+    local label=$1 round=$2 op=$3 clients=$4 keys=$5 space=$6 impl order n before
+    n=$total
+    ((clients > 1)) || n=$((total / 10))
+    order="qetcd etcd"
+    ((round % 2)) || order="etcd qetcd"
+    declare -A out cpu
+    for impl in $order; do
+        before=$(cpu_ticks "$impl")
+        out[$impl]=$(run "$impl" "$op" "$clients" "$keys" "$space" "$n")
+        cpu[$impl]=$(python3 -c "print(($(cpu_ticks "$impl") - $before) / $hz / $n * 1e6)")
+    done
+    local qt et qp ep
+    qt=$(field "${out[qetcd]}" throughput); et=$(field "${out[etcd]}" throughput)
+    qp=$(field "${out[qetcd]}" p99_ms); ep=$(field "${out[etcd]}" p99_ms)
+    printf '%-28s %5s %10.0f %10.0f %6.2f %8.2fms %8.2fms %6.2f %7.0fus %7.0fus %6.2f\n' \
+        "$label" "$round" "$qt" "$et" "$(python3 -c "print($qt/$et)")" "$qp" "$ep" \
+        "$(python3 -c "print($qp/$ep)")" "${cpu[qetcd]}" "${cpu[etcd]}" \
+        "$(python3 -c "print(${cpu[qetcd]}/${cpu[etcd]})")"
+}
+
+start_cluster qetcd
+start_cluster etcd
+echo "members: $members, rounds: $rounds, requests per run: $total (c=1: $((total / 10))), $(date -u +%FT%TZ)"
+printf '%-28s %5s %10s %10s %6s %10s %10s %6s %9s %9s %6s\n' scenario round "qetcd/s" "etcd/s" ratio \
+    "qetcd p99" "etcd p99" ratio "qetcd CPU" "etcd CPU" ratio
+for ((r = 1; r <= rounds; r++)); do
+    measure "seq put 64 (inserts)" "$r" put 64 sequential 1000000000000
+done
+loaded=0
+for space in $spaces; do
+    for impl in qetcd etcd; do
+        "$load" --endpoints "$(endpoints "$impl")" --clients 16 --conns 8 --key-space "$space" \
+            --value-size 256 --key-size 32 --preload
+    done
+    loaded=$space
+    for ((r = 1; r <= rounds; r++)); do
+        for s in $scenarios; do
+            measure "${s%%:*} ${s##*:} random/$space" "$r" "${s%%:*}" "${s##*:}" random "$space"
+        done
+    done
+done
+for impl in qetcd etcd; do
+    for p in ${pids[$impl]}; do
+        printf '%s member pid %s: resident %s MiB after %s keys\n' "$impl" "$p" \
+            "$(awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$p/status")" "$loaded"
+    done
 done

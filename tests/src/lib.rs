@@ -12,6 +12,7 @@ pub mod etcdctl;
 pub mod member;
 pub mod netns;
 pub mod pki;
+pub mod provision;
 pub mod wait;
 
 pub use cluster::Cluster;

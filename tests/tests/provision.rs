@@ -7,62 +7,20 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::process::Command;
 use std::time::Duration;
 
 use qetcd_tests::member::Binary;
 use qetcd_tests::netns::{self, HostProcess, Hosts};
+use qetcd_tests::provision::{
+    self, MountPoints, etcdctl, etcdctl_after, provision, render, start_member,
+};
 use qetcd_tests::wait_until;
 
 const ADDRESSES: [&str; 3] = ["10.0.1.10", "10.0.1.11", "10.0.1.12"];
 
 fn example() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inventory.toml")
-}
-
-/// The built `provision` binary (or `$PROVISION_BIN`), next to `qetcd`.
-fn provision_bin() -> PathBuf {
-    let p = match std::env::var_os("PROVISION_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => Binary::Qetcd.path().with_file_name("provision"),
-    };
-    assert!(
-        p.exists(),
-        "{} not found: build it first (`cargo build --workspace --bins`, as tests/run.sh does)",
-        p.display()
-    );
-    p
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn provision(args: &[&str]) -> Run {
-    let out = Command::new(provision_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run provision");
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn render(inventory: &Path, out: &Path) -> Run {
-    let r = provision(&[
-        "render",
-        inventory.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(r.code, Some(0), "render failed:\n{}{}", r.stdout, r.stderr);
-    r
+    provision::example("inventory.toml")
 }
 
 fn openssl_text(cert: &Path) -> String {
@@ -382,102 +340,11 @@ fn help_reads_like_a_finished_tool() {
 
 // ---- the bundles on three hosts of our own ----
 
-/// Both cluster tests bind-mount over the same two host paths; one at a time keeps
-/// the creation and removal of those mount points simple.
-static MOUNT_POINTS: Mutex<()> = Mutex::new(());
-
-/// `/etc/qetcd` and `/var/lib/qetcd` must exist to be mounted over (in our own mount
-/// namespaces only). Whichever this test had to create, it removes again.
-struct MountPoints {
-    created: Vec<&'static Path>,
-}
-
-impl MountPoints {
-    fn ensure() -> MountPoints {
-        let mut created = Vec::new();
-        for p in [Path::new("/etc/qetcd"), Path::new("/var/lib/qetcd")] {
-            if !p.exists() {
-                std::fs::create_dir_all(p).unwrap();
-                created.push(p);
-            }
-        }
-        MountPoints { created }
-    }
-}
-
-impl Drop for MountPoints {
-    fn drop(&mut self) {
-        for p in &self.created {
-            let _ = std::fs::remove_dir(p);
-        }
-    }
-}
-
-/// Installs host `i`'s bundle at its real paths and starts qetcd with nothing but
-/// the env file, as systemd's `EnvironmentFile=` would: a mount namespace of its own
-/// (inside the host's network namespace) bind-mounts the bundle's `etc/qetcd` on
-/// `/etc/qetcd` and a fresh data dir on `/var/lib/qetcd`.
-fn start_member(hosts: &Hosts, i: usize, out: &Path, work: &Path) -> HostProcess {
-    let bundle = out.join(format!("infra{i}/etc/qetcd"));
-    let data = work.join(format!("infra{i}.data"));
-    std::fs::create_dir(&data).unwrap();
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let script = r#"set -e
-mount --bind "$1" /etc/qetcd
-mount --bind "$2" /var/lib/qetcd
-set -a
-. /etc/qetcd/qetcd.env
-set +a
-exec "$3""#;
-    let mut cmd = hosts.command(i, Path::new("/usr/bin/unshare"));
-    cmd.args([
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        script,
-        "sh",
-    ])
-    .arg(&bundle)
-    .arg(&data)
-    .arg(Binary::Qetcd.path());
-    HostProcess::spawn(cmd, work.join(format!("infra{i}.log")))
-}
-
-/// etcdctl on host `i`, configured only by sourcing `admin/etcdctl.env` in `out`.
-fn etcdctl(hosts: &Hosts, i: usize, out: &Path, args: &str) -> Run {
-    etcdctl_after(hosts, i, out, ":", args)
-}
-
-/// Like [`etcdctl`], running shell command `then` after sourcing.
-fn etcdctl_after(hosts: &Hosts, i: usize, out: &Path, then: &str, args: &str) -> Run {
-    let mut cmd = hosts.command(i, Path::new("/bin/sh"));
-    cmd.arg("-c")
-        .arg(format!(
-            "cd \"$1\" && . admin/etcdctl.env && {then} && etcdctl --command-timeout=10s {args}"
-        ))
-        .arg("sh")
-        .arg(out);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ETCDCTL_") {
-            cmd.env_remove(k);
-        }
-    }
-    let o = cmd.stdin(Stdio::null()).output().expect("etcdctl");
-    Run {
-        code: o.status.code(),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
 fn cluster_from_bundles(inventory: &Path, scheme: &str) {
     if !netns::required() {
         return;
     }
     assert!(Binary::Qetcd.available(), "build qetcd first");
-    let _one_at_a_time = MOUNT_POINTS.lock().unwrap_or_else(|e| e.into_inner());
     let _mount_points = MountPoints::ensure();
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("out");
@@ -492,7 +359,7 @@ fn cluster_from_bundles(inventory: &Path, scheme: &str) {
 
     let hosts = Hosts::create(&ADDRESSES);
     let members: Vec<HostProcess> = (0..3)
-        .map(|i| start_member(&hosts, i, &out, work.path()))
+        .map(|i| start_member(&hosts, i, &format!("infra{i}"), &out, work.path()))
         .collect();
 
     wait_until(

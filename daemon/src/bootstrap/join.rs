@@ -164,7 +164,7 @@ pub(super) fn initialise(
         .ok_or_else(|| JoinError::BadClusterId(cluster.cluster_id.clone()))?;
     let members = cluster.to_members();
     let log = RaftLog::open(conn)?;
-    let mut batch = log.batch(Durability::Sync)?;
+    let mut batch = log.batch(Durability::SyncAll)?;
     for m in &members {
         membership::upsert(batch.conn(), m)?;
     }

@@ -216,7 +216,7 @@ fn initialise_new_cluster(
     let cluster = cluster_id(&ids);
 
     let log = RaftLog::open(conn)?;
-    let mut batch = log.batch(Durability::Sync)?;
+    let mut batch = log.batch(Durability::SyncAll)?;
     for m in &members {
         membership::upsert(batch.conn(), m)?;
     }

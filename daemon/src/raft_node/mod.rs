@@ -385,7 +385,9 @@ struct Node {
     membership_changed: bool,
     /// Set when a new leader appears; pending proposals go to it after this Ready.
     repropose_after_leader_change: bool,
-    _checkpointer: Option<crate::storage::Checkpointer>,
+    /// Checkpoints the databases; knows how far the state is durable, which bounds log
+    /// compaction. None for an in-memory database (tests).
+    checkpointer: Option<crate::storage::Checkpointer>,
 }
 
 impl Node {
@@ -402,7 +404,7 @@ impl Node {
         let checkpointer = conn
             .path()
             .filter(|p| !p.is_empty())
-            .map(|p| crate::storage::Checkpointer::start(p.into()));
+            .map(|p| crate::storage::Checkpointer::start(p.into(), machine.applied_index()));
         let log = Rc::new(RaftLog::open(conn)?);
         let raft_cfg = raft::Config {
             id: cfg.id,
@@ -464,7 +466,7 @@ impl Node {
             completions: Vec::new(),
             membership_changed: false,
             repropose_after_leader_change: false,
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
@@ -732,7 +734,7 @@ impl Node {
                     meta.index
                 )));
             }
-            let mut batch = log.batch(Durability::Sync)?;
+            let mut batch = log.batch(Durability::SyncAll)?;
             crate::storage::snapshot::install_attached(batch.conn())?;
             batch.reset_to_snapshot(meta.index, meta.term, meta.get_conf_state())?;
             let machine =
@@ -803,8 +805,21 @@ impl Node {
         if applied < self.compacted_at + self.cfg.snapshot_count {
             return Ok(());
         }
+        // Entries the state database may still lose in a machine crash (applied, but
+        // not yet checkpointed) must stay in the log to be applied again.
+        let durable = self
+            .checkpointer
+            .as_ref()
+            .map_or(applied, |c| c.durable_applied());
+        let keep_from = applied
+            .saturating_sub(self.cfg.snapshot_catchup_entries)
+            .min(durable + 1);
+        if durable < applied
+            && let Some(c) = &self.checkpointer
+        {
+            c.nudge();
+        }
         self.compacted_at = applied;
-        let keep_from = applied.saturating_sub(self.cfg.snapshot_catchup_entries);
         if keep_from > 1 {
             tracing::info!(applied, compact_index = keep_from, "compacting raft log");
             batch.compact(keep_from)?;

@@ -1,48 +1,108 @@
-//! Moves committed pages from the WAL into the database file off the Raft thread.
+//! Moves committed pages from the WALs into the database files off the Raft thread, and
+//! tells the Raft thread how far the state database is durable.
 //!
 //! SQLite's automatic checkpoint runs inside whichever commit crosses the threshold,
 //! which would stall the Raft loop (and every request behind it) for the length of a
 //! checkpoint and its fsync. The writer turns automatic checkpoints off and this thread
 //! runs passive checkpoints instead, which never block the writer.
+//!
+//! The state database is committed without fsync (see `storage`); a completed
+//! checkpoint is what makes its commits durable: SQLite fsyncs the WAL before copying
+//! it and the database file after. The applied index read just before a complete
+//! checkpoint is therefore on disk, and the Raft log may be compacted up to it
+//! ([`Checkpointer::durable_applied`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-/// How often the WAL is checkpointed.
+use super::{Meta, StorageError};
+
+/// How often the WALs are checkpointed. Also bounds how much state a machine crash can
+/// take back to the log for replay.
 const INTERVAL: Duration = Duration::from_millis(500);
 
 pub struct Checkpointer {
     stop: Arc<AtomicBool>,
+    durable_applied: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    pub fn start(db_path: PathBuf) -> Self {
+    /// Starts checkpointing the state database at `state_db` and its log database.
+    /// `applied` is the applied index already durable at start (the state as opened).
+    pub fn start(state_db: PathBuf, applied: u64) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let durable_applied = Arc::new(AtomicU64::new(applied));
+        let (flag, durable) = (stop.clone(), durable_applied.clone());
         let thread = std::thread::Builder::new()
             .name("wal-checkpoint".into())
-            .spawn(move || run(db_path, flag))
+            .spawn(move || run(state_db, flag, durable))
             .ok();
-        Checkpointer { stop, thread }
+        Checkpointer {
+            stop,
+            durable_applied,
+            thread,
+        }
+    }
+
+    /// The highest applied index known to be on stable storage in the state database.
+    pub fn durable_applied(&self) -> u64 {
+        self.durable_applied.load(Ordering::Acquire)
+    }
+
+    /// Wakes the thread for a checkpoint now (when the log waits to be compacted).
+    pub fn nudge(&self) {
+        if let Some(t) = &self.thread {
+            t.thread().unpark();
+        }
     }
 }
 
-fn run(db_path: PathBuf, stop: Arc<AtomicBool>) {
-    let conn = match rusqlite::Connection::open(&db_path) {
+fn open(state_db: &std::path::Path) -> Result<rusqlite::Connection, StorageError> {
+    let conn = rusqlite::Connection::open(state_db)?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS log",
+        rusqlite::params![super::log_db_path(state_db).to_string_lossy()],
+    )?;
+    conn.busy_timeout(Duration::from_secs(1))?;
+    Ok(conn)
+}
+
+/// Runs one passive checkpoint of `schema`; true when every frame of its WAL was
+/// copied (and so synced).
+fn checkpoint(conn: &rusqlite::Connection, schema: &str) -> Result<bool, StorageError> {
+    let (busy, log, copied): (i64, i64, i64) = conn.query_row(
+        &format!("PRAGMA {schema}.wal_checkpoint(PASSIVE)"),
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    Ok(busy == 0 && log == copied)
+}
+
+fn run(state_db: PathBuf, stop: Arc<AtomicBool>, durable: Arc<AtomicU64>) {
+    let conn = match open(&state_db) {
         Ok(c) => c,
         Err(e) => {
-            tracing::error!(error = %e, "cannot open state database for checkpoints; the WAL will grow");
+            tracing::error!(error = %e, "cannot open the databases for checkpoints; the WALs will grow");
             return;
         }
     };
-    let _ = conn.busy_timeout(Duration::from_secs(1));
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(INTERVAL);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        let round = || -> Result<(), StorageError> {
+            checkpoint(&conn, "log")?;
+            // Read before the checkpoint: every commit up to this applied index is in
+            // the WAL frames the checkpoint then copies.
+            let applied = Meta::AppliedIndex.get_u64(&conn)?.unwrap_or(0);
+            if checkpoint(&conn, "main")? {
+                durable.fetch_max(applied, Ordering::AcqRel);
+            }
+            Ok(())
+        };
+        if let Err(e) = round() {
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }

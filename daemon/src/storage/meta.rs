@@ -1,4 +1,7 @@
-//! Typed access to the `meta` table's named values.
+//! Typed access to the named values of the two databases: the Raft log's own
+//! (`raft_meta` in the log database: hard state and the compaction point, which must
+//! be as durable as the log) and the state's (`meta`: IDs, applied index, revisions,
+//! conf state, which must move together with the state they describe).
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -9,7 +12,9 @@ use super::StorageError;
 pub enum Meta {
     /// Raft `HardState` (term, vote, commit), protobuf-encoded.
     HardState,
-    /// Raft `ConfState` (voters, learners), protobuf-encoded.
+    /// Raft `ConfState` (voters, learners), protobuf-encoded. Kept with the state, not
+    /// the log: it is the effect of applied conf changes, so it must never be ahead of
+    /// (or behind) the applied index it belongs to.
     ConfState,
     /// Index and term of the last entry removed from the log by compaction.
     TruncatedIndex,
@@ -20,6 +25,8 @@ pub enum Meta {
     ClusterId,
     /// Index of the last log entry whose effects are in this database.
     AppliedIndex,
+    /// Term of that entry (what a snapshot of this database needs besides the index).
+    AppliedTerm,
     /// Current MVCC revision (starts at 1 on an empty store, as in etcd).
     Revision,
     /// Revision up to which history has been compacted (0: never).
@@ -36,23 +43,39 @@ impl Meta {
             Meta::MemberId => "cluster.member_id",
             Meta::ClusterId => "cluster.cluster_id",
             Meta::AppliedIndex => "apply.applied_index",
+            Meta::AppliedTerm => "apply.applied_term",
             Meta::Revision => "mvcc.revision",
             Meta::CompactRevision => "mvcc.compact_revision",
         }
     }
 
+    /// Whether this value belongs to the Raft log's database rather than the state's.
+    fn in_log_db(self) -> bool {
+        matches!(
+            self,
+            Meta::HardState | Meta::TruncatedIndex | Meta::TruncatedTerm
+        )
+    }
+
     pub fn get_blob(self, conn: &Connection) -> Result<Option<Vec<u8>>, StorageError> {
-        let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?;
+        let mut stmt = conn.prepare_cached(if self.in_log_db() {
+            "SELECT value FROM raft_meta WHERE name = ?1"
+        } else {
+            "SELECT value FROM meta WHERE name = ?1"
+        })?;
         Ok(stmt
             .query_row(params![self.name()], |r| r.get::<_, Vec<u8>>(0))
             .optional()?)
     }
 
     pub fn set_blob(self, conn: &Connection, value: &[u8]) -> Result<(), StorageError> {
-        let mut stmt = conn.prepare_cached(
+        let mut stmt = conn.prepare_cached(if self.in_log_db() {
+            "INSERT INTO raft_meta (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        } else {
             "INSERT INTO meta (name, value) VALUES (?1, ?2)
-             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )?;
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+        })?;
         stmt.execute(params![self.name(), value])?;
         Ok(())
     }

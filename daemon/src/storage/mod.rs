@@ -1,10 +1,26 @@
-//! SQLite persistence: one database file per member holds the Raft log, Raft's hard and
-//! conf state, the membership, and the MVCC key space.
+//! SQLite persistence in two database files per member, both in WAL mode:
 //!
-//! Keeping everything in one file is what lets a whole Raft `Ready` — new log entries,
-//! hard state, and the effects of the committed entries — land in a single transaction
-//! with a single fsync. The Raft thread owns the only writing connection; client reads go
-//! through a small pool of read-only connections ([`ReaderPool`]), which WAL mode lets run
+//! - the **log database** (`log.db`): the Raft log, hard state and compaction point.
+//!   Committed with `synchronous=FULL` whenever Raft needs it stable (new entries, a new
+//!   term or vote): one fsync per `Ready`, of a few sequential pages.
+//! - the **state database** (`state.db`): the key space, leases, membership, conf state
+//!   and the applied index, committed with `synchronous=NORMAL`: atomic and ordered, but
+//!   not fsynced per commit. Its pages (random places in B-trees for random keys) reach
+//!   the disk in the background [`Checkpointer`]'s checkpoints, which fsync.
+//!
+//! Why split: with one file, every put's random B-tree pages were part of the fsync of
+//! the Ready that applied it, so the cost of a put grew with the key space. Now only the
+//! log is on the fsync path. A crash can lose state commits that were not yet
+//! checkpointed (only a machine crash can: a killed process leaves its writes in the OS
+//! cache); the state is then consistent at an older applied index, and Raft applies the
+//! entries after it again from the log, which is never compacted past what the state
+//! holds durably ([`Checkpointer::durable_applied`]). This is etcd's design (WAL fsync,
+//! batched backend commits, replay from the consistent index) on SQLite.
+//!
+//! The Raft thread owns the one writing connection, which has the log database attached
+//! as `log`, so that one `Ready` is still one transaction: SQLite commits the main
+//! (state) database first and the log second. Client reads go through a small pool of
+//! read-only connections to the state database ([`ReaderPool`]), which WAL mode lets run
 //! beside the writer without blocking it.
 
 mod checkpointer;
@@ -38,6 +54,9 @@ pub enum StorageError {
     /// A stored record could not be decoded.
     #[error("corrupt state database: {0}")]
     Corrupt(String),
+    /// The database was written by a qetcd with another layout.
+    #[error("state database has layout version {found}, this qetcd understands {understood}")]
+    UnknownSchema { found: i64, understood: i64 },
     /// A bulk import was asked of a store that already holds data.
     #[error("the store is not empty; an import needs an empty one")]
     NotEmpty,
@@ -57,21 +76,36 @@ pub fn state_db_path(data_dir: &Path) -> PathBuf {
     data_dir.join(STATE_DB_FILE)
 }
 
-/// Opens (creating if needed) the writing connection of a state database.
+/// Where the log database that belongs to the state database at `state_db` lives: the
+/// same directory, `log.db`.
+pub fn log_db_path(state_db: &Path) -> PathBuf {
+    state_db.with_file_name("log.db")
+}
+
+/// Opens (creating if needed) the writing connection: the state database at `path` as
+/// `main`, its log database attached as `log`.
 ///
-/// WAL journal with `synchronous=FULL` by default: a commit returns only once the WAL
-/// is on stable storage. [`RaftLog`] lowers this per transaction when a commit may be
-/// lost in a crash without harm (it can be replayed from the log).
+/// The log is `synchronous=FULL` by default (a commit returns once its WAL frames are
+/// on stable storage; [`RaftLog`] lowers this per transaction when nothing in it needs
+/// an fsync); the state is `synchronous=NORMAL` (see the module docs).
 pub fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     let conn = rusqlite::Connection::open(path)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS log",
+        rusqlite::params![log_db_path(path).to_string_lossy()],
+    )?;
+    for schema in ["main", "log"] {
+        conn.pragma_update(Some(schema), "journal_mode", "WAL")?;
+    }
+    conn.pragma_update(Some("main"), "synchronous", "NORMAL")?;
+    conn.pragma_update(Some("log"), "synchronous", "FULL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // Checkpoints run on their own thread (see Checkpointer), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    // 64 MiB of page cache (SQLite's default is 2 MiB): the B-tree pages every write
-    // touches stay in memory instead of being re-read from the OS cache.
-    conn.pragma_update(None, "cache_size", -65536)?;
+    // 64 MiB of page cache for the state (SQLite's default is 2 MiB): the B-tree pages
+    // every write touches stay in memory instead of being re-read from the OS cache.
+    // The log is appended at its end and read back from RaftLog's in-memory tail.
+    conn.pragma_update(Some("main"), "cache_size", -65536)?;
     schema::create(&conn)?;
     Ok(conn)
 }

@@ -21,9 +21,14 @@ use super::{Meta, StorageError};
 /// How durable the commit of a [`LogBatch`] must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// fsync before `commit` returns. Required whenever the batch holds log entries or
-    /// hard state: Raft may only act on them (vote, acknowledge) once they are stable.
+    /// fsync of the log database before `commit` returns. Required whenever the batch
+    /// holds log entries or hard state: Raft may only act on them (vote, acknowledge)
+    /// once they are stable. The state database is not fsynced (see the module docs of
+    /// `storage`): what it loses in a machine crash is applied again from the log.
     Sync,
+    /// fsync of both databases: for the rare batches whose state cannot be rebuilt from
+    /// the log — the member's IDs at bootstrap, a snapshot installed from the leader.
+    SyncAll,
     /// No fsync of its own. Used for batches that only apply already-durable entries:
     /// if the machine crashes before a later `Sync` commit flushes it, the entries are
     /// simply applied again from the log on restart. WAL commits reach disk in order,
@@ -46,7 +51,10 @@ pub struct RaftLog {
     conn: Connection,
     bounds: Cell<Bounds>,
     raft_state: RefCell<RaftState>,
-    synchronous_full: Cell<bool>,
+    /// The durability the connection's `synchronous` pragmas are set for.
+    synchronous: Cell<Durability>,
+    /// Makes snapshot files off this thread; None for an in-memory database.
+    snapshots: Option<super::snapshot::SnapshotMaker>,
     /// The last appended entries, contiguous and ending at the log's last index (or
     /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
     recent: RefCell<VecDeque<Entry>>,
@@ -86,6 +94,20 @@ impl RaftLog {
             Some((i, t)) => (i as u64, t as u64),
             None => (truncated_index, truncated_term),
         };
+        // One Ready commits the state database before the log database, so a crash
+        // between the two can leave the state applied past the commit index the log
+        // recorded. Those entries were committed (only committed entries are applied)
+        // and are in the log (only persisted entries are), so the commit index may
+        // safely catch up; raft-rs refuses an applied index beyond it.
+        let applied = Meta::AppliedIndex.get_u64(&conn)?.unwrap_or(0);
+        let mut hard_state = hard_state;
+        if applied > hard_state.commit && applied <= last_index {
+            hard_state.commit = applied;
+        }
+        let snapshots = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .map(|p| super::snapshot::SnapshotMaker::new(p.into()));
         Ok(RaftLog {
             conn,
             bounds: Cell::new(Bounds {
@@ -98,7 +120,8 @@ impl RaftLog {
                 hard_state,
                 conf_state,
             }),
-            synchronous_full: Cell::new(true),
+            synchronous: Cell::new(Durability::Sync),
+            snapshots,
             recent: RefCell::new(VecDeque::new()),
         })
     }
@@ -139,11 +162,16 @@ impl RaftLog {
 
     /// Starts the one transaction of a `Ready`.
     pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
-        let full = durability == Durability::Sync;
-        if self.synchronous_full.get() != full {
+        if self.synchronous.get() != durability {
+            let (state, log) = match durability {
+                Durability::Sync => ("NORMAL", "FULL"),
+                Durability::SyncAll => ("FULL", "FULL"),
+                Durability::Deferred => ("NORMAL", "NORMAL"),
+            };
             self.conn
-                .pragma_update(None, "synchronous", if full { "FULL" } else { "NORMAL" })?;
-            self.synchronous_full.set(full);
+                .pragma_update(Some("main"), "synchronous", state)?;
+            self.conn.pragma_update(Some("log"), "synchronous", log)?;
+            self.synchronous.set(durability);
         }
         let tx = self.conn.unchecked_transaction()?;
         Ok(LogBatch {
@@ -464,30 +492,24 @@ impl Storage for RaftLog {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // The snapshot *is* the state database as applied so far: a copy of it goes into
-        // a file, whose path travels in the snapshot's data for the transport to stream.
-        let applied = Meta::AppliedIndex
-            .get_u64(&self.conn)
-            .map_err(storage_err)?
-            .unwrap_or(0);
-        if applied < request_index {
+        // The snapshot *is* the state database as applied so far: a copy of it in a
+        // file, whose path travels in the snapshot's data for the transport to stream.
+        // It must reach at least the start of the log, or the receiver could not go on
+        // from it with entries.
+        let min_index = request_index.max(self.bounds.get().truncated_index);
+        let Some(file) = self.snapshots.as_ref().and_then(|s| s.get(min_index)) else {
             return Err(raft::Error::Store(
                 RaftStorageError::SnapshotTemporarilyUnavailable,
             ));
-        }
-        let dir = super::snapshot::snapshot_dir(std::path::Path::new(
-            self.conn.path().unwrap_or_default(),
-        ));
-        let path =
-            super::snapshot::write_snapshot_file(&self.conn, &dir, applied).map_err(storage_err)?;
+        };
         let mut snap = Snapshot {
-            data: path.to_string_lossy().into_owned().into_bytes().into(),
+            data: file.path.to_string_lossy().into_owned().into_bytes().into(),
             ..Default::default()
         };
         let meta = snap.mut_metadata();
-        meta.index = applied;
-        meta.term = self.term(applied)?;
-        meta.set_conf_state(self.conf_state());
+        meta.index = file.index;
+        meta.term = file.term;
+        meta.set_conf_state(file.conf_state);
         Ok(snap)
     }
 }

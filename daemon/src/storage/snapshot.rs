@@ -7,6 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::{Arc, Mutex};
+
+use protobuf::Message as _;
+use raft::prelude::ConfState;
 use rusqlite::{Connection, params};
 
 use super::{Meta, StorageError};
@@ -26,32 +30,111 @@ pub fn snapshot_dir(db_path: &Path) -> PathBuf {
         .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots"))
 }
 
-/// Writes a consistent copy of the database (as committed on `conn`) to a file named
-/// after the applied index it contains, unless one already exists. `conn` must not be
-/// inside a transaction.
-pub fn write_snapshot_file(
-    conn: &Connection,
-    dir: &Path,
-    applied: u64,
-) -> Result<PathBuf, StorageError> {
-    std::fs::create_dir_all(dir).map_err(|source| StorageError::DataDir {
-        path: dir.to_path_buf(),
+/// A snapshot file made from the state database, and the Raft metadata it stands for
+/// (read from the file itself, so the three always agree).
+#[derive(Debug, Clone)]
+pub struct SnapshotFile {
+    pub path: PathBuf,
+    pub index: u64,
+    pub term: u64,
+    pub conf_state: ConfState,
+}
+
+/// Makes snapshot files on a worker thread with its own read-only connection.
+///
+/// `VACUUM INTO` of a large database takes seconds; on the Raft thread it would stall
+/// ticks, heartbeats and every request for that long. Raft asks through
+/// [`SnapshotMaker::get`], which never blocks: it answers with a finished file that is
+/// recent enough, or starts one and answers `None` (raft-rs then reports the snapshot
+/// as temporarily unavailable and asks again later).
+pub struct SnapshotMaker {
+    state_db: PathBuf,
+    slot: Arc<Mutex<Slot>>,
+}
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Idle,
+    Running,
+    Ready(SnapshotFile),
+}
+
+impl SnapshotMaker {
+    pub fn new(state_db: PathBuf) -> Self {
+        SnapshotMaker {
+            state_db,
+            slot: Arc::default(),
+        }
+    }
+
+    /// A finished snapshot at an index of at least `min_index`, or `None` while one is
+    /// being made (started here if none is).
+    pub fn get(&self, min_index: u64) -> Option<SnapshotFile> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match &*slot {
+            Slot::Ready(f) if f.index >= min_index && f.path.exists() => return Some(f.clone()),
+            Slot::Running => return None,
+            _ => {}
+        }
+        *slot = Slot::Running;
+        let (state_db, shared) = (self.state_db.clone(), self.slot.clone());
+        let spawned = std::thread::Builder::new()
+            .name("snapshot".into())
+            .spawn(move || {
+                let made = make_snapshot_file(&state_db);
+                let mut slot = shared.lock().unwrap_or_else(|e| e.into_inner());
+                *slot = match made {
+                    Ok(f) => {
+                        tracing::info!(index = f.index, path = %f.path.display(), "made snapshot");
+                        Slot::Ready(f)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot make a snapshot");
+                        Slot::Idle
+                    }
+                };
+            });
+        if spawned.is_err() {
+            *slot = Slot::Idle;
+        }
+        None
+    }
+}
+
+/// Copies the committed state database into a new snapshot file (named after the
+/// applied index it holds) and removes older ones.
+fn make_snapshot_file(state_db: &Path) -> Result<SnapshotFile, StorageError> {
+    let dir = snapshot_dir(state_db);
+    std::fs::create_dir_all(&dir).map_err(|source| StorageError::DataDir {
+        path: dir.clone(),
         source,
     })?;
-    let path = dir.join(format!("snap-{applied:016x}.db"));
-    if path.exists() {
-        return Ok(path);
-    }
-    // Older snapshots are superseded (a transfer still reading one keeps its open file).
-    prune_snapshot_files(dir, None);
-    let partial = dir.join(format!("snap-{applied:016x}.db.partial"));
+    let partial = dir.join("snap.db.partial");
     let _ = std::fs::remove_file(&partial);
-    conn.execute("VACUUM INTO ?1", params![partial.to_string_lossy()])?;
+    super::open_reader(state_db)?.execute("VACUUM INTO ?1", params![partial.to_string_lossy()])?;
+    let copy = Connection::open(&partial)?;
+    let index = Meta::AppliedIndex.get_u64(&copy)?.unwrap_or(0);
+    let term = Meta::AppliedTerm.get_u64(&copy)?.unwrap_or(0);
+    let conf_state = match Meta::ConfState.get_blob(&copy)? {
+        Some(b) => ConfState::parse_from_bytes(&b)
+            .map_err(|e| StorageError::Corrupt(format!("conf state: {e}")))?,
+        None => ConfState::default(),
+    };
+    drop(copy);
+    let path = dir.join(format!("snap-{index:016x}.db"));
     std::fs::rename(&partial, &path).map_err(|source| StorageError::DataDir {
         path: path.clone(),
         source,
     })?;
-    Ok(path)
+    // Older snapshots are superseded (a transfer still reading one keeps its open file).
+    prune_snapshot_files(&dir, Some(&path));
+    Ok(SnapshotFile {
+        path,
+        index,
+        term,
+        conf_state,
+    })
 }
 
 /// Removes snapshot files other than `keep`.
@@ -94,7 +177,12 @@ pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
             [],
         )?;
     }
-    for m in [Meta::Revision, Meta::CompactRevision, Meta::AppliedIndex] {
+    for m in [
+        Meta::Revision,
+        Meta::CompactRevision,
+        Meta::AppliedIndex,
+        Meta::AppliedTerm,
+    ] {
         let name = m.name();
         conn.execute("DELETE FROM main.meta WHERE name = ?1", params![name])?;
         conn.execute(

@@ -11,6 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Inner, Link, STREAM_SNAPSHOT, framing, hex};
 
 const CHUNK: usize = 256 * 1024;
+/// quinn stream priority of snapshot streams; higher values are sent first.
+const SNAPSHOT_PRIORITY: i32 = -1;
 /// How long a snapshot may wait for a connection to its peer.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 
@@ -48,6 +50,9 @@ async fn send_inner(link: &Link, mut msg: Message) -> Result<u64, String> {
         .map_err(|e| format!("{path}: {e}"))?;
     let len = file.metadata().await.map_err(|e| e.to_string())?.len();
     let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+    // Below the Raft message stream (priority 0): a snapshot of many megabytes must not
+    // delay heartbeats and appends queued behind it on the same connection.
+    let _ = stream.set_priority(SNAPSHOT_PRIORITY);
     let mut head = vec![STREAM_SNAPSHOT];
     framing::encode_into(&msg, &mut head);
     head.extend_from_slice(&len.to_be_bytes());

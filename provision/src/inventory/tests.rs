@@ -76,6 +76,16 @@ fn the_shipped_example_is_valid() {
 }
 
 #[test]
+fn the_shipped_dns_example_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/inventory-dns.toml");
+    let inv = Inventory::load(&path).unwrap();
+    assert_eq!(inv.srv().map(|s| s.domain.as_str()), Some("example.com"));
+    assert_eq!(inv.tls, TlsMode::SelfSigned);
+    assert_eq!(inv.members.len(), 3);
+    assert!(inv.warnings.is_empty());
+}
+
+#[test]
 fn unknown_keys() {
     assert_eq!(
         error(&edit(13, "adress = \"10.0.1.11\"")),
@@ -193,20 +203,106 @@ fn missing_and_empty_token() {
 fn bootstrap_modes_not_supported_yet() {
     assert_eq!(
         error(&edit(4, "tls = \"none\"\nbootstrap = \"discovery\"")),
-        "inv.toml:5: cluster.bootstrap: \"discovery\" is not supported yet; use \"static\""
-    );
-    assert_eq!(
-        error(&edit(4, "tls = \"none\"\nbootstrap = \"dns\"")),
-        "inv.toml:5: cluster.bootstrap: \"dns\" is not supported yet; use \"static\""
+        "inv.toml:5: cluster.bootstrap: \"discovery\" is not supported yet; use \"static\" or \"dns\""
     );
     assert_eq!(
         error(&edit(4, "tls = \"none\"\nbootstrap = \"magic\"")),
-        "inv.toml:5: cluster.bootstrap: unknown bootstrap mode \"magic\": expected \"static\" (\"discovery\" and \"dns\" are not supported yet)"
+        "inv.toml:5: cluster.bootstrap: unknown bootstrap mode \"magic\": expected \"static\" or \"dns\" (\"discovery\" is not supported yet)"
     );
     assert_eq!(
         error(&edit(4, "tls = \"yes\"")),
         "inv.toml:4: cluster.tls: unknown TLS mode \"yes\": expected \"none\", \"self-signed\" or \"auto\""
     );
+}
+
+#[test]
+fn dns_bootstrap_takes_a_domain_and_an_optional_srv_name() {
+    let inv = Inventory::parse(
+        "inv.toml",
+        &edit(
+            4,
+            "tls = \"none\"\nbootstrap = \"dns\"\ndomain = \"Example.COM.\"",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        inv.bootstrap,
+        Bootstrap::Dns(SrvDiscovery {
+            domain: "example.com".into(),
+            srv_name: None
+        })
+    );
+    let inv = Inventory::parse(
+        "inv.toml",
+        &edit(
+            4,
+            "tls = \"none\"\nbootstrap = \"dns\"\ndomain = \"example.com\"\nsrv_name = \"dev-2\"",
+        ),
+    )
+    .unwrap();
+    assert_eq!(inv.srv().unwrap().srv_name.as_deref(), Some("dev-2"));
+}
+
+#[test]
+fn dns_bootstrap_errors() {
+    assert_eq!(
+        error(&edit(4, "tls = \"none\"\nbootstrap = \"dns\"")),
+        "inv.toml:5: cluster.domain: missing: bootstrap \"dns\" reads the members from this domain's SRV records (etcd's --discovery-srv, e.g. \"example.com\")"
+    );
+    assert_eq!(
+        error(&edit(
+            4,
+            "tls = \"none\"\nbootstrap = \"dns\"\ndomain = \"10.0.1.1\""
+        )),
+        "inv.toml:6: cluster.domain: \"10.0.1.1\" is not a DNS domain name"
+    );
+    let e = error(&edit(
+        4,
+        "tls = \"none\"\nbootstrap = \"dns\"\ndomain = \"example.com\"\nsrv_name = \"_x\"",
+    ));
+    assert!(
+        e.starts_with("inv.toml:7: cluster.srv_name: \"_x\" must be letters, digits and '-'"),
+        "{e}"
+    );
+    let long = "a".repeat(47);
+    let e = error(&edit(
+        4,
+        &format!(
+            "tls = \"none\"\nbootstrap = \"dns\"\ndomain = \"example.com\"\nsrv_name = \"{long}\""
+        ),
+    ));
+    assert!(e.contains("at most 46 characters"), "{e}");
+    // Static clusters take neither.
+    assert_eq!(
+        errors(&edit(
+            4,
+            "tls = \"none\"\ndomain = \"example.com\"\nsrv_name = \"dev\""
+        )),
+        [
+            "inv.toml:5: cluster.domain: only used with bootstrap = \"dns\" (the members' SRV records); a static cluster lists its members in ETCD_INITIAL_CLUSTER",
+            "inv.toml:6: cluster.srv_name: only used with bootstrap = \"dns\" (the members' SRV records); a static cluster lists its members in ETCD_INITIAL_CLUSTER",
+        ]
+    );
+}
+
+#[test]
+fn dns_bootstrap_needs_every_hostname_inside_the_domain() {
+    let dns = "tls = \"none\"\nbootstrap = \"dns\"\ndomain = \"example.com\"";
+    let text = edit(4, dns)
+        .replace("hostname = \"infra1.example.com\"\n", "")
+        .replace("infra2.example.com", "infra2.example.org");
+    assert_eq!(
+        errors(&text),
+        [
+            "inv.toml:13: member[1].hostname: missing: with bootstrap \"dns\" every member needs a hostname in example.com: its SRV records point at it and it is the member's advertised peer URL",
+            "inv.toml:20: member[2].hostname: \"infra2.example.org\" is not inside cluster.domain \"example.com\": with bootstrap \"dns\" its A record is published in that domain's zone, next to the SRV records that point at it",
+        ]
+    );
+    // The domain itself is no member's hostname, but a deeper name is.
+    let text = edit(4, dns).replace("infra2.example.com", "a.b.example.com");
+    assert!(Inventory::parse("inv.toml", &text).is_ok());
+    let text = edit(4, dns).replace("infra2.example.com", "example.com");
+    assert!(error(&text).contains("is not inside cluster.domain"));
 }
 
 #[test]
