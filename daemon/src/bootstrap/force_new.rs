@@ -63,3 +63,58 @@ pub fn force_new_cluster(conn: rusqlite::Connection, own: u64) -> Result<usize, 
     );
     Ok(others.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use raft::prelude::{ConfState, HardState};
+
+    use super::*;
+    use crate::storage;
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            index,
+            term: 2,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn uncommitted_entries_give_way_to_committed_removals_of_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let log = RaftLog::open(storage::open_writer(&path).unwrap()).unwrap();
+        let mut b = log.batch(Durability::SyncAll).unwrap();
+        b.set_conf_state(&ConfState::from((vec![1, 2, 3], vec![4])))
+            .unwrap();
+        b.append(&(1..=5).map(entry).collect::<Vec<_>>()).unwrap();
+        let hs = HardState {
+            term: 3,
+            commit: 3,
+            ..Default::default()
+        };
+        b.set_hard_state(&hs).unwrap();
+        b.commit().unwrap();
+        drop(log);
+
+        let removed = force_new_cluster(storage::open_writer(&path).unwrap(), 2).unwrap();
+        assert_eq!(removed, 3);
+        let log = RaftLog::open(storage::open_writer(&path).unwrap()).unwrap();
+        assert_eq!(log.hard_state().commit, 6);
+        assert_eq!(log.last_index().unwrap(), 6);
+        let tail = log
+            .entries(4, 7, None, raft::GetEntriesContext::empty(false))
+            .unwrap();
+        let gone: Vec<u64> = tail
+            .iter()
+            .map(|e| {
+                assert_eq!(e.get_entry_type(), EntryType::EntryConfChangeV2);
+                assert_eq!(e.term, 3);
+                let cc: ConfChangeV2 = protobuf::Message::parse_from_bytes(&e.data).unwrap();
+                assert_eq!(cc.changes[0].get_change_type(), ConfChangeType::RemoveNode);
+                cc.changes[0].node_id
+            })
+            .collect();
+        assert_eq!(gone, [1, 3, 4]);
+    }
+}
