@@ -564,6 +564,12 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
             removed_since = None;
         }
         match outcome {
+            Ok(conn) if link.removed.load(Ordering::Acquire) => {
+                // Removed from the cluster while this dial was in flight (a member
+                // that was down comes back): it must be refused, not served.
+                conn.close(0u32.into(), b"member removed");
+                return;
+            }
             Ok(conn) => {
                 backoff = BACKOFF_MIN;
                 last_refusal = None;
