@@ -65,6 +65,40 @@ pub fn upsert(conn: &Connection, m: &Member) -> Result<(), StorageError> {
     Ok(())
 }
 
+pub fn exists(conn: &Connection, id: u64) -> Result<bool, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM members WHERE id = ?1")?
+        .exists(params![id as i64])?)
+}
+
+pub fn set_learner(conn: &Connection, id: u64, is_learner: bool) -> Result<(), StorageError> {
+    conn.prepare_cached("UPDATE members SET is_learner = ?2 WHERE id = ?1")?
+        .execute(params![id as i64, is_learner])?;
+    Ok(())
+}
+
+/// Gives a member new peer URLs (etcd's `member update`); refused for an unknown
+/// member, or URLs another member has.
+pub fn update_peer_urls(
+    conn: &Connection,
+    id: u64,
+    peer_urls: &[String],
+) -> Result<(), crate::error::RequestError> {
+    let members = list(conn)?;
+    if !members.iter().any(|m| m.id == id) {
+        return Err(crate::error::RequestError::MemberNotFound);
+    }
+    if members
+        .iter()
+        .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+    {
+        return Err(crate::error::RequestError::PeerUrlExists);
+    }
+    conn.prepare_cached("UPDATE members SET peer_urls = ?2 WHERE id = ?1")?
+        .execute(params![id as i64, encode_urls(peer_urls)])?;
+    Ok(())
+}
+
 pub fn remove(conn: &Connection, id: u64) -> Result<(), StorageError> {
     conn.prepare_cached("DELETE FROM members WHERE id = ?1")?
         .execute(params![id as i64])?;

@@ -28,6 +28,7 @@ pub enum Applied {
     Txn(crate::proto::etcdserverpb::TxnResponse),
     Compaction(CompactionResponse),
     Published,
+    MemberUpdated,
     LeaseGrant(crate::proto::etcdserverpb::LeaseGrantResponse),
     LeaseRevoke(crate::proto::etcdserverpb::LeaseRevokeResponse),
     LeaseRenew(crate::proto::etcdserverpb::LeaseKeepAliveResponse),
@@ -111,6 +112,8 @@ pub struct StateMachine {
     lessor: std::sync::Arc<crate::lease::Lessor>,
     /// The Raft term of the entry being applied (lease expiry is bound to it).
     entry_term: u64,
+    /// Peer URLs changed by an ordinary entry (see `take_membership_touched`).
+    membership_touched: bool,
 }
 
 impl StateMachine {
@@ -140,6 +143,7 @@ impl StateMachine {
             collect_events: false,
             lessor,
             entry_term: 0,
+            membership_touched: false,
         })
     }
 
@@ -234,8 +238,13 @@ impl StateMachine {
         for single in cc.get_changes() {
             match single.get_change_type() {
                 ConfChangeType::RemoveNode => membership::remove(conn, single.node_id)?,
+                // A voter added for a member already there is a learner's promotion:
+                // it keeps what it published.
+                ConfChangeType::AddNode if membership::exists(conn, single.node_id)? => {
+                    membership::set_learner(conn, single.node_id, false)?
+                }
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
-                    if let Some(r) = &record {
+                    if let Some(r) = record.as_ref().filter(|r| r.id == single.node_id) {
                         membership::upsert(conn, &Member::from_record(r))?;
                     }
                 }
@@ -305,6 +314,11 @@ impl StateMachine {
                 membership::publish(conn, &attrs)?;
                 Applied::Published
             }
+            Some(Request::MemberUpdate(u)) => {
+                membership::update_peer_urls(conn, u.id, &u.peer_urls)?;
+                self.membership_touched = true;
+                Applied::MemberUpdated
+            }
             Some(Request::LeaseGrant(g)) => {
                 Applied::LeaseGrant(lease::grant(conn, &self.lessor, &g, base.current)?)
             }
@@ -338,6 +352,12 @@ impl StateMachine {
             self.events.extend(w.take_events());
         }
         Ok(())
+    }
+
+    /// Whether entries applied since the last call changed members' peer URLs, which
+    /// the peer transport must then learn (conf changes are reported on their own).
+    pub fn take_membership_touched(&mut self) -> bool {
+        std::mem::take(&mut self.membership_touched)
     }
 
     /// Whether the requests applied from now on record watch events. Set at the start

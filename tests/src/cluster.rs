@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::etcdctl::Etcdctl;
+use crate::etcdctl::{Etcdctl, Output};
 use crate::member::{Binary, Member, MemberSpec};
 use crate::wait::wait_until;
 
@@ -95,6 +95,34 @@ impl Cluster {
         .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `etcdctl member add <name> --peer-urls=<url> [--learner]` on member `via`, and
+    /// the spec of a member started with exactly the `ETCD_*` lines it printed (as
+    /// environment variables) on a fresh address. Returns the etcdctl output too.
+    pub fn add_member(&self, via: usize, name: &str, learner: bool) -> (Output, MemberSpec) {
+        let mut spec = MemberSpec::new(name);
+        spec.token = None;
+        spec.etcdctl_args = self.members[via].spec.etcdctl_args.clone();
+        // The same schemes as the cluster; TLS flags are the caller's to add.
+        spec.client_scheme = self.members[via].spec.client_scheme.clone();
+        spec.peer_scheme = self.members[via].spec.peer_scheme.clone();
+        let peer_urls = format!("--peer-urls={}", spec.peer_url());
+        let mut args = vec!["member", "add", name, &peer_urls];
+        if learner {
+            args.push("--learner");
+        }
+        let out = self.members[via].etcdctl().run_reconfig(&args);
+        if out.success {
+            spec.env = printed_env(&out.stdout);
+        }
+        (out, spec)
+    }
+
+    /// Starts a member from [`Cluster::add_member`]'s spec; it is the next index.
+    pub fn join(&mut self, spec: MemberSpec) -> usize {
+        self.members.push(Member::spawn(Binary::Qetcd, spec));
+        self.members.len() - 1
+    }
+
     /// Index of the member with this ID.
     pub fn index_of(&self, id: u64) -> Option<usize> {
         self.members.iter().position(|m| {
@@ -114,4 +142,16 @@ impl Cluster {
             .as_u64()
             .expect("member id")
     }
+}
+
+/// The `ETCD_X="v"` lines etcdctl printed, as environment variables.
+pub fn printed_env(stdout: &str) -> Vec<(String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('=')?;
+            k.starts_with("ETCD_")
+                .then(|| (k.to_string(), v.trim_matches('"').to_string()))
+        })
+        .collect()
 }

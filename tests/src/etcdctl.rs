@@ -55,6 +55,29 @@ impl Etcdctl {
         self.run_with_stdin(args, None)
     }
 
+    /// A membership change, asked again while the cluster answers `etcdserver:
+    /// unhealthy cluster`: with `--strict-reconfig-check` (on by default) a member
+    /// refuses changes until its peers have been connected for 5 s, as etcd does, so
+    /// a cluster that has just started (or just grown) needs a moment. Other answers
+    /// are returned as they are; gives up after 30 s.
+    pub fn run_reconfig(&self, args: &[&str]) -> Output {
+        let mut last = None;
+        let settled = crate::wait::wait_until(
+            "the cluster to accept a membership change",
+            std::time::Duration::from_secs(30),
+            || {
+                let out = self.run(args);
+                if out.stderr.contains("etcdserver: unhealthy cluster") {
+                    last = Some(out);
+                    None
+                } else {
+                    Some(out)
+                }
+            },
+        );
+        settled.unwrap_or_else(|_| last.expect("at least one attempt"))
+    }
+
     pub fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
         let mut child = Command::new(ETCDCTL)
             .env("ETCDCTL_API", "3")

@@ -146,8 +146,26 @@ impl MemberSpec {
             args.push("--initial-cluster-token".into());
             args.push(t.clone());
         }
+        // A flag whose ETCD_* twin the spec sets (say, from `etcdctl member add`'s
+        // output) is left to the environment: giving both is fatal, as in etcd.
+        let mut args: Vec<String> = args
+            .chunks(2)
+            .filter(|pair| !self.env_sets_flag(&pair[0]))
+            .flatten()
+            .cloned()
+            .collect();
         args.extend(self.extra_args.iter().cloned());
         args
+    }
+
+    fn env_sets_flag(&self, flag: &str) -> bool {
+        let var = format!(
+            "ETCD_{}",
+            flag.trim_start_matches('-')
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        self.env.iter().any(|(k, _)| *k == var)
     }
 }
 

@@ -15,7 +15,7 @@ fn a_removed_member_exits_and_is_refused_when_it_returns() {
     let victim_id = cluster.member_id(victim);
     let cluster_ctl = cluster.members[keeper].etcdctl();
 
-    let out = cluster_ctl.run(&["member", "remove", &format!("{victim_id:x}")]);
+    let out = cluster_ctl.run_reconfig(&["member", "remove", &format!("{victim_id:x}")]);
     // etcdctl prints IDs with Go's %16x: space-padded to 16 characters.
     assert!(
         out.ok()
@@ -67,10 +67,11 @@ fn a_member_removed_while_down_is_refused_by_its_peers() {
     let victim = (leader + 1) % 3;
     let victim_id = cluster.member_id(victim);
     cluster.members[victim].kill9();
-    let out =
-        cluster.members[leader]
-            .etcdctl()
-            .run(&["member", "remove", &format!("{victim_id:x}")]);
+    let out = cluster.members[leader].etcdctl().run_reconfig(&[
+        "member",
+        "remove",
+        &format!("{victim_id:x}"),
+    ]);
     assert!(out.ok().contains("removed from cluster"), "{out:?}");
 
     // It does not know; its peers tell it, and it gives up with the same status.

@@ -876,10 +876,20 @@ fn deb_on_three_systemd_hosts() {
         .and_then(|m| m["ID"].as_u64())
         .unwrap_or_else(|| panic!("infra2 not in {members}"));
     let restarts_before = removed.prop("NRestarts");
-    let out = lab.nodes[0].etcdctl(
-        &lab.endpoints(&[0, 1]),
-        &["member", "remove", &format!("{id:x}")],
-    );
+    // --strict-reconfig-check: refused as `unhealthy cluster` until node 0's peers
+    // have been connected for 5 s (one was just killed and restarted above).
+    let out = wait_until(
+        "member remove to be accepted",
+        Duration::from_secs(30),
+        || {
+            let out = lab.nodes[0].etcdctl(
+                &lab.endpoints(&[0, 1]),
+                &["member", "remove", &format!("{id:x}")],
+            );
+            (!text(&out).contains("etcdserver: unhealthy cluster")).then_some(out)
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "member remove: {}", text(&out));
     wait_until(
         "the removed member's unit to fail with 78",

@@ -477,3 +477,37 @@ fn a_revoked_client_certificate_is_refused() {
         "TLS 1.3 handshake with a good certificate failed: {said}"
     );
 }
+
+#[test]
+fn a_member_joins_a_cluster_whose_peers_verify_certificates() {
+    let pki = Pki::new();
+    let mut specs = Cluster::specs_with("tj", 1, "tj-token", |s| {
+        s.client_scheme = "https".into();
+        s.peer_scheme = "https".into();
+    });
+    let peer = pki.peer_cert(&specs[0]);
+    pki.configure(&mut specs[0], &peer);
+    let mut cluster = Cluster::start(Binary::Qetcd, specs);
+    cluster.members[0]
+        .etcdctl()
+        .run(&["put", "before", "x"])
+        .ok();
+
+    let (out, mut spec) = cluster.add_member(0, "tj1", false);
+    assert!(
+        out.ok().contains(&format!("https://{}:2380", spec.ip)),
+        "{out:?}"
+    );
+    let peer = pki.peer_cert(&spec);
+    pki.configure(&mut spec, &peer);
+    let joined = cluster.join(spec);
+    cluster.members[joined].wait_healthy();
+    let got = cluster.members[joined]
+        .etcdctl()
+        .run(&["get", "before", "--print-value-only"]);
+    assert_eq!(got.ok().trim(), "x");
+    cluster.members[joined]
+        .etcdctl()
+        .run(&["put", "after", "y"])
+        .ok();
+}

@@ -35,6 +35,10 @@ impl Kv for KvService {
         let req = req.into_inner();
         mvcc::check_range(&req)?;
         if !req.serializable {
+            // A learner answers only serializable reads (etcd's rule).
+            if self.ctx.node.is_learner() {
+                return Err(RequestError::NotSupportedForLearner.into());
+            }
             self.ctx.read_barrier().await?;
         }
         let mut resp = self

@@ -64,7 +64,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: status.applied_index.load(Ordering::Acquire),
             errors: Vec::new(),
             db_size_in_use,
-            is_learner: false,
+            is_learner: self.ctx.node.is_learner(),
         }))
     }
 

@@ -50,6 +50,13 @@ pub struct ApiContext {
     pub watch_progress_interval: Duration,
     /// Request bytes that may be in flight (see [`ApiContext::propose`]).
     pub proposal_budget: ProposalBudget,
+    /// `--max-learners`: learners the cluster may have at once.
+    pub max_learners: usize,
+    /// `--strict-reconfig-check`: refuse membership changes that would cost quorum.
+    pub strict_reconfig_check: bool,
+    /// The peer side, for what only the leader can tell (a learner's progress) and
+    /// for which peers are connected.
+    pub peers: crate::transport::PeerTransport,
 }
 
 impl ApiContext {
@@ -121,8 +128,53 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX),
     );
-    let router = grpc.into_axum_router().merge(http::router(ctx));
+    let grpc = grpc
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.clone(),
+            learner_gate,
+        ));
+    let router = grpc.merge(http::router(ctx));
     tonic::service::Routes::from(router)
+}
+
+/// etcd's learner rule (`isRPCSupportedForLearner` and its stream twin): a learner
+/// serves only `Status`, `Snapshot` and serializable `Range` (checked in the KV
+/// service); every other RPC gets `etcdserver: rpc not supported for learner`.
+async fn learner_gate(
+    axum::extract::State(ctx): axum::extract::State<Arc<ApiContext>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if ctx.node.is_learner() && !learner_may_call(req.uri().path()) {
+        return status::to_status(RequestError::NotSupportedForLearner)
+            .into_http::<axum::body::Body>();
+    }
+    next.run(req).await
+}
+
+#[cfg(test)]
+#[test]
+fn learners_may_call_only_etcds_list() {
+    assert!(learner_may_call("/etcdserverpb.KV/Range"));
+    assert!(learner_may_call("/etcdserverpb.Maintenance/Status"));
+    for refused in [
+        "/etcdserverpb.KV/Put",
+        "/etcdserverpb.Watch/Watch",
+        "/etcdserverpb.Lease/LeaseGrant",
+        "/etcdserverpb.Cluster/MemberList",
+    ] {
+        assert!(!learner_may_call(refused), "{refused}");
+    }
+}
+
+fn learner_may_call(path: &str) -> bool {
+    matches!(
+        path,
+        "/etcdserverpb.Maintenance/Status"
+            | "/etcdserverpb.Maintenance/Snapshot"
+            | "/etcdserverpb.KV/Range"
+    )
 }
 
 /// Room for gRPC framing on top of `--max-request-bytes`, as etcd allows.

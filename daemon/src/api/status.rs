@@ -9,12 +9,26 @@ pub fn to_status(err: RequestError) -> Status {
     use RequestError::*;
     let code = match &err {
         EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-        | RequestTooLarge | InvalidSortOption => Code::InvalidArgument,
+        | RequestTooLarge | InvalidSortOption | MemberBadUrls => Code::InvalidArgument,
         Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
-        NoLeader | Timeout | Stopped | LeaderChanged => Code::Unavailable,
-        NotLeader | BadLeaderTransferee | NotCapable | LeaseExists => Code::FailedPrecondition,
+        NoLeader
+        | Timeout
+        | Stopped
+        | LeaderChanged
+        | UnhealthyCluster
+        | NotSupportedForLearner => Code::Unavailable,
+        NotLeader
+        | BadLeaderTransferee
+        | NotCapable
+        | LeaseExists
+        | MemberExists
+        | PeerUrlExists
+        | TooManyLearners
+        | MemberNotLearner
+        | LearnerNotReady
+        | NotEnoughStartedMembers => Code::FailedPrecondition,
         Internal(detail) => {
             tracing::error!(error = %detail, "internal error serving a request");
             Code::Internal

@@ -5,6 +5,8 @@
 //! ([`dns_srv`], `--discovery-srv`) before anything is written.
 
 pub mod dns_srv;
+mod force_new;
+pub mod join;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +17,7 @@ use raft::prelude::ConfState;
 use crate::config::{ClusterState, Config, cluster_id, member_id};
 use crate::membership::{self, Member};
 use crate::storage::{self, Durability, Meta, RaftLog, StorageError};
+use crate::transport::members_query as join_cluster;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
@@ -31,10 +34,8 @@ pub enum BootstrapError {
     DuplicateId(u64),
     #[error("cannot use 0 as member id")]
     ZeroId,
-    #[error(
-        "joining an existing cluster (--initial-cluster-state existing) is not supported by this version of qetcd"
-    )]
-    JoinUnsupported,
+    #[error(transparent)]
+    Join(#[from] join::JoinError),
     #[error(transparent)]
     DnsSrv(#[from] dns_srv::DnsSrvError),
     /// The configuration cannot bootstrap a new member (etcd's VerifyBootstrap).
@@ -52,9 +53,23 @@ pub struct Bootstrapped {
     pub conn: rusqlite::Connection,
     /// True when the member restarted from existing state (`--initial-*` ignored).
     pub restarted: bool,
+    /// True when the member just joined a running cluster and has no state yet.
+    pub joined: bool,
 }
 
-pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
+/// Whether starting with `cfg` joins a running cluster: state `existing` and no member
+/// state in the data dir yet. The cluster to join is then fetched ([`join::fetch`])
+/// and handed to [`bootstrap`].
+pub fn is_joining(cfg: &Config) -> Result<bool, BootstrapError> {
+    Ok(cfg.initial_cluster_state == ClusterState::Existing && !has_member_state(&cfg.data_dir)?)
+}
+
+/// Opens the member's state database, initialising it for a new cluster, or for the
+/// running cluster `joining` describes, unless it already holds a member.
+pub fn bootstrap(
+    cfg: &Config,
+    joining: Option<&join_cluster::RemoteCluster>,
+) -> Result<Bootstrapped, BootstrapError> {
     let from_dns;
     let cfg = if !cfg.discovery_srv.is_empty() && !has_member_state(&cfg.data_dir)? {
         from_dns = dns_srv::discover(cfg)?;
@@ -87,16 +102,33 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
             data_dir = %cfg.data_dir.display(),
             "restarting member from existing data; --initial-cluster* flags are ignored"
         );
+        let conn = if cfg.force_new_cluster {
+            force_new::force_new_cluster(conn, member_id)?;
+            storage::open_writer(&db_path)?
+        } else {
+            conn
+        };
         return Ok(Bootstrapped {
             member_id,
             cluster_id,
             db_path,
             conn,
             restarted: true,
+            joined: false,
         });
     }
     if cfg.initial_cluster_state == ClusterState::Existing {
-        return Err(BootstrapError::JoinUnsupported);
+        let cluster = joining.ok_or(join::JoinError::NoPeerAnswered)?;
+        let (member_id, cluster_id) = join::initialise(cfg, conn, cluster)?;
+        let conn = storage::open_writer(&db_path)?;
+        return Ok(Bootstrapped {
+            member_id,
+            cluster_id,
+            db_path,
+            conn,
+            restarted: false,
+            joined: true,
+        });
     }
     cfg.validate_new_cluster()?;
     let (member_id, cluster_id) = initialise_new_cluster(cfg, conn)?;
@@ -107,6 +139,7 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
         db_path,
         conn,
         restarted: false,
+        joined: false,
     })
 }
 

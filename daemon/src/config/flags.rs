@@ -242,6 +242,13 @@ pub const FLAGS: &[Flag] = &[
         "Reject reconfiguration requests that would cause quorum loss."
     ),
     flag!(
+        "force-new-cluster",
+        Bool,
+        "false",
+        CLUSTERING,
+        "Force to create a new one member cluster."
+    ),
+    flag!(
         "pre-vote",
         Bool,
         "true",

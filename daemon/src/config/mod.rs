@@ -113,6 +113,8 @@ pub struct Config {
     pub max_txn_ops: u32,
     pub pre_vote: bool,
     pub strict_reconfig_check: bool,
+    /// `--force-new-cluster`: restart this member's data as a one-member cluster.
+    pub force_new_cluster: bool,
     pub max_learners: u32,
     pub log_level: LogLevel,
     pub discovery: String,
@@ -411,6 +413,7 @@ impl Config {
             max_txn_ops,
             pre_vote: v.bool("pre-vote")?,
             strict_reconfig_check: v.bool("strict-reconfig-check")?,
+            force_new_cluster: v.bool("force-new-cluster")?,
             max_learners: v.uint("max-learners")? as u32,
             log_level,
             discovery: v.text("discovery"),

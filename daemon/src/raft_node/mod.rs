@@ -46,6 +46,9 @@ pub struct NodeConfig {
     pub snapshot_catchup_entries: u64,
     /// How long a caller waits for its proposal or read before `request timed out`.
     pub request_timeout: Duration,
+    /// A member that just joined a running cluster: it waits for the leader rather
+    /// than fast-forwarding to an election.
+    pub joining: bool,
 }
 
 /// Sends Raft messages to other members. Single-member clusters have nothing to send.
@@ -89,6 +92,11 @@ enum Command {
         change: raft::prelude::ConfChangeV2,
         reply: oneshot::Sender<Result<(), RequestError>>,
     },
+    /// Whether learner `id` is in sync with the leader (asked of the leader only).
+    LearnerReady {
+        id: u64,
+        reply: oneshot::Sender<Result<bool, RequestError>>,
+    },
     /// Hand leadership to `target`, or to the most up-to-date voter when `None`.
     TransferLeader {
         target: Option<u64>,
@@ -108,6 +116,8 @@ pub struct NodeStatus {
     pub stopped: AtomicBool,
     /// Set when this member applies its own removal from the cluster.
     pub removed: AtomicBool,
+    /// Whether this member is a learner in the configuration it has applied.
+    pub learner: AtomicBool,
     /// Notified whenever the applied index moves.
     pub applied: Notify,
 }
@@ -141,6 +151,11 @@ impl NodeHandle {
         self.status.term.load(Ordering::Acquire)
     }
 
+    /// Whether this member is (as far as it has applied) a non-voting learner.
+    pub fn is_learner(&self) -> bool {
+        self.status.learner.load(Ordering::Acquire)
+    }
+
     /// Proposes a request and waits until it is applied here.
     pub async fn propose(&self, request: Request) -> ApplyResult {
         let (reply, rx) = oneshot::channel();
@@ -165,6 +180,16 @@ impl NodeHandle {
     ) -> Result<(), RequestError> {
         let (reply, rx) = oneshot::channel();
         self.submit(Command::ConfChange { change, reply })?;
+        rx.await.unwrap_or(Err(RequestError::Stopped))
+    }
+
+    /// On the leader: whether learner `id` has at least 90 % of the leader's log
+    /// (etcd's rule for promoting it). Elsewhere `NotLeader`.
+    pub async fn learner_ready(&self, id: u64) -> Result<bool, RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::LearnerReady { id, reply })
+            .map_err(|_| RequestError::Stopped)?;
         rx.await.unwrap_or(Err(RequestError::Stopped))
     }
 
@@ -411,7 +436,7 @@ impl Node {
         if voters == [cfg.id] {
             // Nobody to wait for: become leader at once rather than after a timeout.
             let _ = raw.campaign();
-        } else {
+        } else if !cfg.joining {
             // As etcd's --initial-election-tick-advance: start close to the election
             // timeout so a restarted cluster elects a leader after about one tick.
             for _ in 1..cfg.election_ticks {
@@ -420,6 +445,9 @@ impl Node {
         }
         outbox.update_members(&crate::membership::list(log.conn())?);
         let cs = log.conf_state();
+        status
+            .learner
+            .store(cs.learners.contains(&cfg.id), Ordering::Release);
         if !cs.voters.is_empty() && !cs.voters.contains(&cfg.id) && !cs.learners.contains(&cfg.id) {
             // Removed before it stopped: restarting cannot bring it back.
             tracing::error!("the member has been permanently removed from the cluster");
@@ -539,6 +567,9 @@ impl Node {
                 };
                 let _ = reply.send(taken);
             }
+            Command::LearnerReady { id, reply } => {
+                let _ = reply.send(self.learner_ready(id));
+            }
             Command::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
             }
@@ -583,6 +614,18 @@ impl Node {
                 self.proposals.proposed(id, now);
             }
         }
+    }
+
+    /// etcd's `isLearnerReady`: the learner's match index is at least 90 % of the
+    /// leader's.
+    fn learner_ready(&self, id: u64) -> Result<bool, RequestError> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(RequestError::NotLeader);
+        }
+        let prs = self.raw.raft.prs();
+        let leader = prs.get(self.cfg.id).map_or(0, |p| p.matched);
+        let learner = prs.get(id).ok_or(RequestError::MemberNotFound)?.matched;
+        Ok(learner as f64 >= leader as f64 * 0.9)
     }
 
     fn transfer_leader(&mut self, target: Option<u64>) -> Result<u64, RequestError> {
@@ -794,7 +837,9 @@ impl Node {
     }
 
     fn after_apply(&mut self) {
-        if std::mem::take(&mut self.membership_changed) {
+        if std::mem::take(&mut self.membership_changed) | self.machine.take_membership_touched() {
+            let learner = self.raw.raft.prs().conf().learners().contains(&self.cfg.id);
+            self.status.learner.store(learner, Ordering::Release);
             match crate::membership::list(self.log.conn()) {
                 Ok(members) => self.outbox.update_members(&members),
                 Err(e) => tracing::error!(error = %e, "cannot read membership after a conf change"),

@@ -21,6 +21,7 @@ fn node_config(snapshot_count: u64) -> NodeConfig {
         snapshot_count,
         snapshot_catchup_entries: 5,
         request_timeout: Duration::from_secs(5),
+        joining: false,
     }
 }
 

@@ -117,7 +117,15 @@ impl Member {
     /// Brings up the member: state database, peer transport, Raft node, client
     /// listeners. It serves clients from here on; it is not yet published.
     pub async fn start(cfg: Config) -> Result<Member, ServerError> {
-        let boot = bootstrap::bootstrap(&cfg)?;
+        let joining = if bootstrap::is_joining(&cfg)? {
+            let tls = crate::tls::peer_side::configs(&cfg)?;
+            let client = crate::transport::quic_config::client(tls.client, cfg.election_timeout)
+                .map_err(TransportError::from)?;
+            Some(bootstrap::join::fetch(&cfg, client).await?)
+        } else {
+            None
+        };
+        let boot = bootstrap::bootstrap(&cfg, joining.as_ref())?;
         let peer_addrs: Vec<SocketAddr> = cfg.listen_peer_urls.iter().map(listen_addr).collect();
         let transport = PeerTransport::bind(
             &peer_addrs,
@@ -141,7 +149,10 @@ impl Member {
             events: Default::default(),
         };
         let (node, node_thread) = raft_node::start(
-            node_config(&cfg, boot.member_id),
+            NodeConfig {
+                joining: boot.joined,
+                ..node_config(&cfg, boot.member_id)
+            },
             boot.conn,
             Box::new(transport.clone()),
             applied.clone(),
@@ -158,11 +169,12 @@ impl Member {
             lease_expiry::start(node.clone(), applied.lessor.clone(), request_timeout(&cfg));
 
         let readers = ReaderPool::new(boot.db_path.clone());
+        transport.serve_membership(readers.clone());
         let ctx = Arc::new(api_context(
             &cfg,
             (boot.member_id, boot.cluster_id),
             readers,
-            node.clone(),
+            (node.clone(), transport.clone()),
             applied,
         ));
         let clients = ClientListeners::serve(&cfg.listen_client_urls, client_tls, ctx).await?;
@@ -270,6 +282,7 @@ fn node_config(cfg: &Config, id: u64) -> NodeConfig {
         snapshot_count: cfg.snapshot_count,
         snapshot_catchup_entries: cfg.snapshot_catchup_entries,
         request_timeout: request_timeout(cfg),
+        joining: false,
     }
 }
 
@@ -277,7 +290,7 @@ fn api_context(
     cfg: &Config,
     (member_id, cluster_id): (u64, u64),
     readers: ReaderPool,
-    node: NodeHandle,
+    (node, peers): (NodeHandle, PeerTransport),
     applied: AppliedState,
 ) -> ApiContext {
     ApiContext {
@@ -297,5 +310,8 @@ fn api_context(
             cfg.watch_progress_notify_interval
         },
         proposal_budget: Default::default(),
+        max_learners: cfg.max_learners as usize,
+        strict_reconfig_check: cfg.strict_reconfig_check,
+        peers,
     }
 }

@@ -7,7 +7,7 @@ use quinn::{RecvStream, SendStream};
 
 const MAGIC: &[u8; 4] = b"QRFT";
 const VERSION: u8 = 1;
-const HELLO_LEN: usize = 4 + 1 + 8 + 8 + 8;
+pub const HELLO_LEN: usize = 4 + 1 + 8 + 8 + 8;
 
 /// What the dialing member says about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +70,6 @@ impl Hello {
 
     pub async fn send(&self, s: &mut SendStream) -> Result<(), HandshakeError> {
         s.write_all(&self.encode()).await.map_err(io)
-    }
-
-    pub async fn receive(r: &mut RecvStream) -> Result<Self, HandshakeError> {
-        let mut b = [0u8; HELLO_LEN];
-        r.read_exact(&mut b).await.map_err(io)?;
-        Hello::decode(&b)
     }
 }
 

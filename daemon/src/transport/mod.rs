@@ -9,6 +9,7 @@
 
 mod framing;
 pub mod handshake;
+pub mod members_query;
 pub mod quic_config;
 mod snapshot_stream;
 
@@ -74,6 +75,8 @@ struct Inner {
     check_peer_address: bool,
     /// Set once peers have kept refusing us as a removed member (see `dial_loop`).
     removed_from_cluster: watch::Sender<bool>,
+    /// Where members queries ([`members_query`]) are answered from.
+    membership: OnceLock<crate::storage::ReaderPool>,
 }
 
 /// The first byte of every unidirectional stream: what it carries.
@@ -90,6 +93,8 @@ struct Link {
     dropped: std::sync::atomic::AtomicU64,
     /// Bytes of entries in the queue (see [`QUEUE_BYTES_PER_PEER`]).
     queued_bytes: std::sync::atomic::AtomicUsize,
+    /// Since when the peer has been connected without a break; `None` while it is not.
+    connected_since: Mutex<Option<std::time::Instant>>,
 }
 
 /// Bytes of log entries that may wait in one peer's queue. Appends carry up to 1 MiB
@@ -138,6 +143,7 @@ impl PeerTransport {
             snapshot_dir,
             check_peer_address,
             removed_from_cluster: watch::channel(false).0,
+            membership: OnceLock::new(),
         });
         for ep in &inner.endpoints {
             tokio::spawn(accept_loop(inner.clone(), ep.clone()));
@@ -150,7 +156,80 @@ impl PeerTransport {
         let _ = self.inner.node.set(node);
     }
 
+    /// Answers joining members' members queries from this state database.
+    pub fn serve_membership(&self, readers: crate::storage::ReaderPool) {
+        let _ = self.inner.membership.set(readers);
+    }
+
+    /// Asks the leader `leader` whether learner `learner` is in sync with it; the
+    /// answer is one of [`members_query`]'s promotion answers.
+    pub async fn ask_learner_ready(&self, leader: u64, learner: u64) -> Result<u8, String> {
+        let urls = self
+            .inner
+            .members
+            .read()
+            .expect("members lock")
+            .get(&leader)
+            .cloned()
+            .unwrap_or_default();
+        let endpoint = self
+            .inner
+            .endpoints
+            .first()
+            .ok_or("no peer listener")?
+            .clone();
+        let mut last = String::from("no peer URLs");
+        for url in urls {
+            let ask = async {
+                let hostport = url.split("://").nth(1).ok_or("not a URL")?;
+                let addr = tokio::net::lookup_host(hostport)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .next()
+                    .ok_or("no address")?;
+                let conn = endpoint
+                    .connect_with(self.inner.client_config.clone(), addr, &server_name(&url))
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(&members_query::promote_query(learner))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                let mut answer = [0u8; 1];
+                recv.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                conn.close(0u32.into(), b"done");
+                Ok::<u8, String>(answer[0])
+            };
+            match tokio::time::timeout(Duration::from_secs(5), ask).await {
+                Ok(Ok(a)) => return Ok(a),
+                Ok(Err(e)) => last = format!("{url}: {e}"),
+                Err(_) => last = format!("{url}: timed out"),
+            }
+        }
+        Err(last)
+    }
+
     /// Other members of the cluster, and how many of them are connected right now.
+    /// The peers that have been connected without a break for at least `period`
+    /// (etcd's `isConnectedSince`, for `--strict-reconfig-check`).
+    pub fn connected_for(&self, period: Duration) -> Vec<u64> {
+        let links = self.inner.links.lock().expect("links lock");
+        links
+            .values()
+            .filter(|l| {
+                l.connected_since
+                    .lock()
+                    .expect("connected_since lock")
+                    .is_some_and(|since| since.elapsed() >= period)
+            })
+            .map(|l| l.peer)
+            .collect()
+    }
+
     pub fn peer_counts(&self) -> (usize, usize) {
         let links = self.inner.links.lock().expect("links lock");
         let connected = links.values().filter(|l| l.conn.borrow().is_some()).count();
@@ -240,9 +319,11 @@ impl PeerOutbox for PeerTransport {
                 removed: AtomicBool::new(false),
                 dropped: std::sync::atomic::AtomicU64::new(0),
                 queued_bytes: Default::default(),
+                connected_since: Mutex::new(None),
             });
             links.insert(*id, link.clone());
             inner.runtime.spawn(send_loop(link.clone(), rx));
+            inner.runtime.spawn(track_connected_since(link.clone()));
             let eager = inner.local_id < *id;
             inner.runtime.spawn(dial_loop(inner.clone(), link, eager));
         }
@@ -344,7 +425,20 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
             let Ok((mut send, mut recv)) = conn.accept_bi().await else {
                 return;
             };
-            let hello = match Hello::receive(&mut recv).await {
+            let mut opening = [0u8; handshake::HELLO_LEN];
+            if recv.read_exact(&mut opening).await.is_err() {
+                conn.close(1u32.into(), b"bad handshake");
+                return;
+            }
+            if opening == members_query::QUERY {
+                answer_members_query(&inner, send).await;
+                return;
+            }
+            if let Some(learner) = members_query::parse_promote_query(&opening) {
+                answer_promote_query(&inner, learner, send).await;
+                return;
+            }
+            let hello = match Hello::decode(&opening) {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(%remote, error = %e, "rejected peer connection");
@@ -405,6 +499,59 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
     }
 }
 
+/// Keeps `link.connected_since` in step with its connection.
+async fn track_connected_since(link: Arc<Link>) {
+    let mut conns = link.conn.subscribe();
+    loop {
+        let up = conns.borrow_and_update().is_some();
+        {
+            let mut since = link.connected_since.lock().expect("connected_since lock");
+            match (up, since.is_some()) {
+                (true, false) => *since = Some(std::time::Instant::now()),
+                (false, true) => *since = None,
+                _ => {}
+            }
+        }
+        if link.removed.load(Ordering::Acquire) || conns.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Tells a joining member who the members are (see [`members_query`]).
+async fn answer_members_query(inner: &Arc<Inner>, send: quinn::SendStream) {
+    let Some(readers) = inner.membership.get().cloned() else {
+        return;
+    };
+    let listed =
+        tokio::task::spawn_blocking(move || readers.get()?.read(crate::membership::list)).await;
+    match listed {
+        Ok(Ok(members)) => {
+            let cluster = members_query::RemoteCluster::new(inner.cluster_id, &members);
+            members_query::answer(send, &cluster).await;
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot read membership for a joining member"),
+        Err(e) => tracing::error!(error = %e, "membership read task failed"),
+    }
+}
+
+/// Tells a member whether a learner may be promoted (see [`members_query`]).
+async fn answer_promote_query(inner: &Arc<Inner>, learner: u64, mut send: quinn::SendStream) {
+    let Some(node) = inner.node.get() else {
+        return;
+    };
+    let answer = match node.learner_ready(learner).await {
+        Ok(true) => members_query::READY,
+        Ok(false) => members_query::NOT_READY,
+        Err(crate::error::RequestError::MemberNotFound) => members_query::NOT_FOUND,
+        Err(_) => members_query::NOT_LEADER,
+    };
+    if send.write_all(&[answer]).await.is_ok() {
+        let _ = send.finish();
+        let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+    }
+}
+
 /// Keeps a connection to a peer, redialling with backoff. `eager` (we have the lower
 /// ID) dials at once; otherwise only when the peer has not called within the grace time.
 async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
@@ -436,6 +583,12 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
             removed_since = None;
         }
         match outcome {
+            Ok(conn) if link.removed.load(Ordering::Acquire) => {
+                // Removed from the cluster while this dial was in flight (a member
+                // that was down comes back): it must be refused, not served.
+                conn.close(0u32.into(), b"member removed");
+                return;
+            }
             Ok(conn) => {
                 backoff = BACKOFF_MIN;
                 last_refusal = None;

@@ -112,9 +112,14 @@ async fn receive_inner(
         .await
         .map_err(|e| e.to_string())?;
     let index = msg.get_snapshot().get_metadata().index;
+    // A file of its own per transfer: the leader may send the same snapshot again (a
+    // joining member's probe answered late), and the second must not overwrite the
+    // first while the node installs it.
+    static TRANSFER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let transfer = TRANSFER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = inner
         .snapshot_dir
-        .join(format!("incoming-{index:016x}-{:x}.db", peer));
+        .join(format!("incoming-{index:016x}-{peer:x}-{transfer}.db"));
     let mut file = tokio::fs::File::create(&path)
         .await
         .map_err(|e| format!("{}: {e}", path.display()))?;
