@@ -2,8 +2,10 @@
 //! (IDs derived exactly as etcd derives them), or a restart from an existing data dir.
 //!
 //! A new member's initial cluster is `--initial-cluster`, or read from DNS SRV records
-//! ([`dns_srv`], `--discovery-srv`) before anything is written.
+//! ([`dns_srv`], `--discovery-srv`) or from an etcd discovery service ([`discovery`],
+//! `--discovery`) before anything is written.
 
+pub mod discovery;
 pub mod dns_srv;
 
 use std::fs;
@@ -35,6 +37,11 @@ pub enum BootstrapError {
         "joining an existing cluster (--initial-cluster-state existing) is not supported by this version of qetcd"
     )]
     JoinUnsupported,
+    /// etcd's wrapper around every discovery failure.
+    #[error("failed to join discovery cluster ({0})")]
+    Discovery(discovery::DiscoveryError),
+    #[error("discovery cluster {0} has duplicate url")]
+    DiscoveryDuplicateUrl(String),
     #[error(transparent)]
     DnsSrv(#[from] dns_srv::DnsSrvError),
     /// The configuration cannot bootstrap a new member (etcd's VerifyBootstrap).
@@ -55,11 +62,21 @@ pub struct Bootstrapped {
 }
 
 pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
-    let from_dns;
-    let cfg = if !cfg.discovery_srv.is_empty() && !has_member_state(&cfg.data_dir)? {
-        from_dns = dns_srv::discover(cfg)?;
-        &from_dns
+    let discovered;
+    let restarting = has_member_state(&cfg.data_dir)?;
+    let cfg = if !cfg.discovery_srv.is_empty() && !restarting {
+        discovered = dns_srv::discover(cfg)?;
+        &discovered
+    } else if !cfg.discovery.is_empty() && !restarting {
+        discovered = discover_v2(cfg)?;
+        &discovered
     } else {
+        if !cfg.discovery.is_empty() {
+            tracing::info!(
+                discovery_url = %cfg.discovery,
+                "discovery token is ignored since cluster already initialized; valid logs are found"
+            );
+        }
         cfg
     };
     prepare_data_dir(&cfg.data_dir)?;
@@ -107,6 +124,18 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
         db_path,
         conn,
         restarted: false,
+    })
+}
+
+/// v2 discovery, with etcd's guidance logged when it fails.
+fn discover_v2(cfg: &Config) -> Result<Config, BootstrapError> {
+    use discovery::DiscoveryError;
+    discovery::discover_v2(cfg).map_err(|e| {
+        if let DiscoveryError::DuplicateUrl(map) = e {
+            return BootstrapError::DiscoveryDuplicateUrl(map);
+        }
+        discovery::log_guidance(&e, cfg);
+        BootstrapError::Discovery(e)
     })
 }
 

@@ -274,7 +274,7 @@ pub const FLAGS: &[Flag] = &[
         Bool,
         "false",
         CLUSTERING,
-        "Accepted for etcd compatibility; the v2 API is not served."
+        "Serve the subset of the v2 keys API that etcd's v2 discovery protocol uses (/v2/keys), so this cluster can be a discovery service."
     ),
     flag!(
         "cert-file",

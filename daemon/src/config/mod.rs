@@ -115,7 +115,15 @@ pub struct Config {
     pub strict_reconfig_check: bool,
     pub max_learners: u32,
     pub log_level: LogLevel,
+    /// `--discovery`: a v2 discovery URL (the directory of the token on a service
+    /// that speaks the v2 keys API).
     pub discovery: String,
+    /// `--discovery-fallback`; only `exit` is supported (validated).
+    pub discovery_fallback: String,
+    /// `--discovery-proxy`: HTTP proxy for v2 discovery traffic.
+    pub discovery_proxy: String,
+    /// `--enable-v2`: serve the v2 keys API subset used by v2 discovery.
+    pub enable_v2: bool,
     pub discovery_srv: String,
     pub discovery_srv_name: String,
     pub discovery_token: String,
@@ -350,7 +358,7 @@ impl Config {
             .map_err(|_| v.invalid("max-request-bytes", "value out of range".into()))?;
         let max_txn_ops = u32::try_from(v.uint("max-txn-ops")?)
             .map_err(|_| v.invalid("max-txn-ops", "value out of range".into()))?;
-        for ignored in ["wal-dir", "enable-v2"] {
+        for ignored in ["wal-dir"] {
             if v.is_set(ignored) {
                 warnings.push(format!(
                     "--{ignored} is accepted for etcd compatibility but has no effect in qetcd"
@@ -414,6 +422,9 @@ impl Config {
             max_learners: v.uint("max-learners")? as u32,
             log_level,
             discovery: v.text("discovery"),
+            discovery_fallback: v.text("discovery-fallback"),
+            discovery_proxy: v.text("discovery-proxy"),
+            enable_v2: v.bool("enable-v2")?,
             discovery_srv: v.text("discovery-srv"),
             discovery_srv_name: v.text("discovery-srv-name"),
             discovery_token: v.text("discovery-token"),

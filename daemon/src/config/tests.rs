@@ -376,3 +376,41 @@ fn help_and_version() {
         Parsed::Version
     ));
 }
+
+#[test]
+fn discovery_fallback_proxy_is_refused_as_etcd_3_6_does() {
+    let (msg, code) = err(start(&[
+        "--discovery",
+        "http://127.0.0.1:2379/v2/keys/_etcd/registry/t",
+        "--discovery-fallback",
+        "proxy",
+    ]));
+    assert_eq!(
+        msg,
+        "v2 proxy is deprecated, and --discovery-fallback can't be configured as \"proxy\""
+    );
+    assert_eq!(code, 1);
+    let (msg, _) = err(start(&["--discovery-fallback", "later"]));
+    assert!(
+        msg.contains("valid values are \"exit\" or \"proxy\""),
+        "{msg}"
+    );
+    let c = parse(&[
+        "--name",
+        "a",
+        "--discovery",
+        "http://127.0.0.1:2379/v2/keys/_etcd/registry/t",
+        "--discovery-proxy",
+        "127.0.0.1:3128",
+        "--enable-v2",
+    ])
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.discovery_fallback, "exit");
+    assert_eq!(c.discovery_proxy, "127.0.0.1:3128");
+    assert!(c.enable_v2);
+    assert!(
+        c.initial_cluster.is_empty(),
+        "--discovery replaces the default initial cluster"
+    );
+}
