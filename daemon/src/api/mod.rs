@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod status;
+mod v2keys;
 mod watch;
 
 use std::sync::Arc;
@@ -45,6 +46,8 @@ pub struct ApiContext {
     pub request_timeout: Duration,
     /// How often watchers that asked for progress notifications get one.
     pub watch_progress_interval: Duration,
+    /// `--enable-v2`: serve the v2 keys API subset of etcd's v2 discovery protocol.
+    pub enable_v2: bool,
 }
 
 impl ApiContext {
@@ -116,7 +119,10 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(usize::MAX),
     );
-    let router = grpc.into_axum_router().merge(http::router(ctx));
+    let mut router = grpc.into_axum_router().merge(http::router(ctx.clone()));
+    if ctx.enable_v2 {
+        router = router.merge(v2keys::router(ctx));
+    }
     tonic::service::Routes::from(router)
 }
 

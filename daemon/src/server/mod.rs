@@ -296,5 +296,6 @@ fn api_context(
         } else {
             cfg.watch_progress_notify_interval
         },
+        enable_v2: cfg.enable_v2,
     }
 }
