@@ -1,0 +1,263 @@
+//! etcd's v2 discovery protocol (`--discovery <url>`), end to end with real processes:
+//! qetcd members through a qetcd discovery service (`--enable-v2`) and through Debian's
+//! etcd 3.4, Debian's etcd members through a qetcd discovery service, and the failures
+//! etcd reports with its own texts (full cluster, missing or bad size key, duplicate
+//! names, unusable URLs), plus members that start before the service is reachable.
+//!
+//! Tokens are made as an operator would: `curl -X PUT …/_config/size -d value=N`.
+//! Member IDs are checked against sha1(peer URL + full discovery URL), computed by
+//! `sha1sum`, which is what etcd derives (spec §2.4, §3.1).
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use qetcd_tests::member::{Binary, Member, MemberSpec};
+use qetcd_tests::wait_until;
+
+/// A discovery service: a one-member cluster serving the v2 keys API.
+fn discovery_service(binary: Binary) -> Member {
+    let mut spec = MemberSpec::new("disc");
+    spec.extra_args = vec!["--enable-v2".into()];
+    Member::start(binary, spec)
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "-m", "10"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("curl is installed");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A fresh token directory on `service` with `_config/size` = `size`; its URL.
+fn new_token(service: &Member, token: &str, size: &str) -> String {
+    let url = format!("{}/v2/keys/_etcd/registry/{token}", service.client_url());
+    let body = curl(&[
+        "-X",
+        "PUT",
+        &format!("{url}/_config/size"),
+        "-d",
+        &format!("value={size}"),
+    ]);
+    assert!(body.contains(&format!("\"value\":\"{size}\"")), "{body}");
+    url
+}
+
+fn discovery_spec(name: &str, durl: &str) -> MemberSpec {
+    let mut spec = MemberSpec::new(name);
+    spec.discovery_args = Some(vec!["--discovery".into(), durl.into()]);
+    spec
+}
+
+/// etcd's member ID: first 8 bytes of sha1(peer URL + token), in hex without leading
+/// zeros.
+fn expected_id(peer_url: &str, token: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", "printf %s \"$1\" | sha1sum", "sh"])
+        .arg(format!("{peer_url}{token}"))
+        .output()
+        .expect("sha1sum runs");
+    let hex = String::from_utf8_lossy(&out.stdout)[..16].to_string();
+    format!("{:x}", u64::from_str_radix(&hex, 16).unwrap())
+}
+
+/// `member list` of the cluster, as (id, name) pairs sorted by name.
+fn member_list(m: &Member) -> Vec<(String, String)> {
+    let out = m.etcdctl().run(&["member", "list"]);
+    let mut list: Vec<(String, String)> = out
+        .ok()
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(", ").collect();
+            (f[0].to_string(), f[2].to_string())
+        })
+        .collect();
+    list.sort_by(|a, b| a.1.cmp(&b.1));
+    list
+}
+
+/// Starts three members of `binary` through `durl`, checks names, IDs and replication.
+fn bootstrap_three(binary: Binary, durl: &str, prefix: &str) -> Vec<Member> {
+    let members: Vec<Member> = (0..3)
+        .map(|i| Member::spawn(binary, discovery_spec(&format!("{prefix}{i}"), durl)))
+        .collect();
+    for m in &members {
+        m.wait_healthy();
+    }
+    let listed = wait_until(
+        "all three members to be listed with their names",
+        Duration::from_secs(20),
+        || {
+            let l = member_list(&members[0]);
+            (l.len() == 3 && l.iter().all(|(_, n)| !n.is_empty())).then_some(l)
+        },
+    )
+    .unwrap();
+    for (i, m) in members.iter().enumerate() {
+        assert_eq!(listed[i].1, m.spec.name);
+        assert_eq!(
+            listed[i].0,
+            expected_id(&m.spec.peer_url(), durl),
+            "member ID of {} must hash its peer URL with the full discovery URL",
+            m.spec.name
+        );
+    }
+    members[0].etcdctl().run(&["put", "greeting", "hello"]).ok();
+    for m in &members[1..] {
+        let got = m.etcdctl().run(&["get", "greeting", "--print-value-only"]);
+        assert_eq!(got.ok().trim(), "hello");
+    }
+    members
+}
+
+/// Runs a member that must fail, returning its log.
+fn expect_failure(spec: MemberSpec) -> String {
+    let mut m = Member::spawn(Binary::Qetcd, spec);
+    let status = m
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("member should exit\n{}", m.logs()));
+    assert!(!status.success(), "non-zero exit expected\n{}", m.logs());
+    assert!(
+        !m.data_dir.exists(),
+        "a failed discovery must leave no data dir behind"
+    );
+    m.logs()
+}
+
+#[test]
+fn qetcd_members_bootstrap_through_a_qetcd_discovery_service_and_a_fourth_finds_it_full() {
+    let service = discovery_service(Binary::Qetcd);
+    let durl = new_token(&service, "qetcd-via-qetcd", "3");
+    let members = bootstrap_three(Binary::Qetcd, &durl, "q");
+    // The registrations, as etcd's discovery clients read them.
+    let listing = curl(&[&durl]);
+    for m in &members {
+        assert!(
+            listing.contains(&format!("{}={}", m.spec.name, m.spec.peer_url())),
+            "{listing}"
+        );
+    }
+    let log = expect_failure(discovery_spec("q3", &durl));
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: cluster is full)"),
+        "{log}"
+    );
+    assert!(log.contains("do not reuse discovery token"), "{log}");
+}
+
+#[test]
+fn etcd_members_bootstrap_through_a_qetcd_discovery_service() {
+    if !Binary::Etcd.available() {
+        eprintln!("skipped: Debian's etcd is not installed");
+        return;
+    }
+    let service = discovery_service(Binary::Qetcd);
+    let durl = new_token(&service, "etcd-via-qetcd", "3");
+    bootstrap_three(Binary::Etcd, &durl, "e");
+}
+
+#[test]
+fn qetcd_members_bootstrap_through_etcd_v2_discovery() {
+    if !Binary::Etcd.available() {
+        eprintln!("skipped: Debian's etcd is not installed");
+        return;
+    }
+    let service = discovery_service(Binary::Etcd);
+    let durl = new_token(&service, "qetcd-via-etcd", "3");
+    bootstrap_three(Binary::Qetcd, &durl, "q");
+}
+
+#[test]
+fn bad_tokens_and_urls_fail_with_etcds_texts() {
+    let service = discovery_service(Binary::Qetcd);
+    let base = format!("{}/v2/keys/_etcd/registry", service.client_url());
+
+    let log = expect_failure(discovery_spec("a", &format!("{base}/no-such-token")));
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: size key not found)"),
+        "{log}"
+    );
+
+    let durl = new_token(&service, "bad-size", "abc");
+    let log = expect_failure(discovery_spec("a", &durl));
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: size key is bad)"),
+        "{log}"
+    );
+
+    // Two members under one name: both find two registrations but one name.
+    let durl = new_token(&service, "same-name", "2");
+    let a = Member::spawn(Binary::Qetcd, discovery_spec("twin", &durl));
+    let b = Member::spawn(Binary::Qetcd, discovery_spec("twin", &durl));
+    for mut m in [a, b] {
+        let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
+        assert!(!status.success());
+        let log = m.logs();
+        assert!(
+            log.contains("failed to join discovery cluster (discovery: found duplicate name)"),
+            "{log}"
+        );
+        assert!(
+            log.contains("member with duplicated name has already been registered"),
+            "{log}"
+        );
+    }
+
+    for bad in ["ftp://127.0.0.1:2379/x", "127.0.0.1:2379/v2/keys/x"] {
+        let log = expect_failure(discovery_spec("a", bad));
+        assert!(log.contains("invalid discovery URL"), "{bad}: {log}");
+    }
+
+    let mut spec = discovery_spec("a", &format!("{base}/whatever"));
+    spec.extra_args = vec!["--discovery-fallback".into(), "proxy".into()];
+    let log = expect_failure(spec);
+    assert!(
+        log.contains(
+            "v2 proxy is deprecated, and --discovery-fallback can't be configured as \"proxy\""
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_member_started_before_the_service_retries_with_backoff_and_joins() {
+    // The service's address is chosen first; nothing listens there yet.
+    let spec = MemberSpec::new("disc");
+    let durl = format!("{}/v2/keys/_etcd/registry/early", spec.client_url());
+    let mut early = discovery_spec("early", &durl);
+    early.env = vec![("ETCD_DISCOVERY".into(), durl.clone())];
+    early.discovery_args = Some(Vec::new());
+    let member = Member::spawn(Binary::Qetcd, early);
+    wait_until(
+        "the member to log a discovery retry",
+        Duration::from_secs(20),
+        || {
+            member
+                .logs()
+                .contains("retry connecting to discovery service")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", member.logs()));
+    let mut spec = spec;
+    spec.extra_args = vec!["--enable-v2".into()];
+    let service = Member::start(Binary::Qetcd, spec);
+    new_token(&service, "early", "1");
+    // Backoff is 2 s, then 4 s, 8 s: well within the deadline.
+    wait_until(
+        "the member to join after the service came up",
+        Duration::from_secs(40),
+        || member.health().filter(|(c, _)| *c == 200),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", member.logs()));
+    let listed = member_list(&member);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].0, expected_id(&member.spec.peer_url(), &durl));
+}
