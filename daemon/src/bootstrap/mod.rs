@@ -3,7 +3,7 @@
 //!
 //! A new member's initial cluster is `--initial-cluster`, or read from DNS SRV records
 //! ([`dns_srv`], `--discovery-srv`) or from an etcd discovery service ([`discovery`],
-//! `--discovery`) before anything is written.
+//! `--discovery`, `--discovery-token`) before anything is written.
 
 pub mod discovery;
 pub mod dns_srv;
@@ -67,11 +67,17 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
     let cfg = if !cfg.discovery_srv.is_empty() && !restarting {
         discovered = dns_srv::discover(cfg)?;
         &discovered
-    } else if !cfg.discovery.is_empty() && !restarting {
-        discovered = discover_v2(cfg)?;
+    } else if (!cfg.discovery.is_empty() || !cfg.discovery_token.is_empty()) && !restarting {
+        if cfg.initial_cluster_state == ClusterState::Existing && !cfg.discovery.is_empty() {
+            return Err(crate::config::ConfigError::Invalid(
+                "discovery URL should not be set when joining existing initial cluster".into(),
+            )
+            .into());
+        }
+        discovered = discover(cfg)?;
         &discovered
     } else {
-        if !cfg.discovery.is_empty() {
+        if !cfg.discovery.is_empty() || !cfg.discovery_token.is_empty() {
             tracing::info!(
                 discovery_url = %cfg.discovery,
                 "discovery token is ignored since cluster already initialized; valid logs are found"
@@ -127,10 +133,10 @@ pub fn bootstrap(cfg: &Config) -> Result<Bootstrapped, BootstrapError> {
     })
 }
 
-/// v2 discovery, with etcd's guidance logged when it fails.
-fn discover_v2(cfg: &Config) -> Result<Config, BootstrapError> {
+/// v2 or v3 discovery, with etcd's guidance logged when it fails.
+fn discover(cfg: &Config) -> Result<Config, BootstrapError> {
     use discovery::DiscoveryError;
-    discovery::discover_v2(cfg).map_err(|e| {
+    discovery::discover(cfg).map_err(|e| {
         if let DiscoveryError::DuplicateUrl(map) = e {
             return BootstrapError::DiscoveryDuplicateUrl(map);
         }

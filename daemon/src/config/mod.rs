@@ -83,6 +83,25 @@ impl TlsFlags {
     }
 }
 
+/// etcd 3.6's v3 discovery client settings (`--discovery-*` besides token and
+/// endpoints): how to reach the backing cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryClient {
+    pub dial_timeout: Duration,
+    pub request_timeout: Duration,
+    pub keepalive_time: Duration,
+    pub keepalive_timeout: Duration,
+    /// Plaintext gRPC unless false (or a certificate, key or CA is given).
+    pub insecure_transport: bool,
+    pub insecure_skip_tls_verify: bool,
+    pub cert: String,
+    pub key: String,
+    pub cacert: String,
+    /// `user` or `user:password`.
+    pub user: String,
+    pub password: String,
+}
+
 /// A member's whole configuration, with etcd's defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -128,6 +147,7 @@ pub struct Config {
     pub discovery_srv_name: String,
     pub discovery_token: String,
     pub discovery_endpoints: String,
+    pub discovery_client: DiscoveryClient,
     pub client_tls: TlsFlags,
     pub peer_tls: TlsFlags,
     pub self_signed_cert_validity_years: u32,
@@ -318,6 +338,7 @@ impl Config {
             "discovery-srv",
             "discovery-srv-name",
             "discovery-endpoints",
+            "discovery-token",
         ]
         .iter()
         .any(|f| v.is_set(f));
@@ -429,6 +450,19 @@ impl Config {
             discovery_srv_name: v.text("discovery-srv-name"),
             discovery_token: v.text("discovery-token"),
             discovery_endpoints: v.text("discovery-endpoints"),
+            discovery_client: DiscoveryClient {
+                dial_timeout: v.duration("discovery-dial-timeout")?,
+                request_timeout: v.duration("discovery-request-timeout")?,
+                keepalive_time: v.duration("discovery-keepalive-time")?,
+                keepalive_timeout: v.duration("discovery-keepalive-timeout")?,
+                insecure_transport: v.bool("discovery-insecure-transport")?,
+                insecure_skip_tls_verify: v.bool("discovery-insecure-skip-tls-verify")?,
+                cert: v.text("discovery-cert"),
+                key: v.text("discovery-key"),
+                cacert: v.text("discovery-cacert"),
+                user: v.text("discovery-user"),
+                password: v.text("discovery-password"),
+            },
             client_tls,
             peer_tls,
             self_signed_cert_validity_years: v.uint("self-signed-cert-validity")? as u32,

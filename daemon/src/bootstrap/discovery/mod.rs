@@ -9,14 +9,20 @@
 //! URLs with the *full discovery URL* as token, so every member — qetcd or etcd — derives
 //! the same IDs from the same registrations.
 //!
+//! [`v3`] speaks etcd 3.6's v3 protocol (`--discovery-token`, `--discovery-endpoints`):
+//! the same steps through the v3 gRPC API of any etcd v3 cluster (or qetcd), keys under
+//! `/_etcd/registry/<token>/`, member IDs hashed with the token.
+//!
 //! Like DNS SRV discovery, this runs before the data directory is created: a failed
 //! discovery leaves nothing behind that a later start would take for a member.
 //!
 //! Every error text here is etcd's (`server/etcdserver/api/v2discovery`), since
 //! operators and tooling grep for them; this module is the one place they live.
 
+mod grpc_client;
 mod http_client;
 pub mod v2;
+pub mod v3;
 
 use std::time::Duration;
 
@@ -40,6 +46,9 @@ pub enum DiscoveryError {
     FullCluster,
     #[error("discovery: too many retries")]
     TooManyRetries,
+    /// v3: the registrations do not parse as an initial cluster.
+    #[error("discovery: invalid peer URL")]
+    InvalidPeerUrl,
     #[error("discovery: bad discovery endpoint")]
     BadDiscoveryEndpoint,
     /// etcd's v2 client on a body that is not the keys API's JSON.
@@ -98,22 +107,27 @@ pub fn has_duplicate_url(cluster: &InitialCluster) -> bool {
 
 /// The guidance etcdmain logs after a failed discovery (spec §3.5).
 pub fn log_guidance(err: &DiscoveryError, cfg: &Config) {
+    let token = if cfg.discovery.is_empty() {
+        &cfg.discovery_token
+    } else {
+        &cfg.discovery
+    };
     match err {
         DiscoveryError::DuplicateId => {
-            tracing::warn!(discovery_url = %cfg.discovery, "member has been registered with discovery service");
+            tracing::warn!(discovery_url = %token, "member has been registered with discovery service");
             tracing::warn!("but could not find valid cluster configuration");
             tracing::warn!(data_dir = %cfg.data_dir.display(), "check data dir if previous bootstrap succeeded");
             tracing::warn!("or use a new discovery token if previous bootstrap failed");
         }
         DiscoveryError::DuplicateName => {
-            tracing::warn!(discovery_url = %cfg.discovery, "member with duplicated name has already been registered");
+            tracing::warn!(discovery_url = %token, "member with duplicated name has already been registered");
             tracing::warn!("cURL the discovery token URL for details");
             tracing::warn!(
                 "do not reuse discovery token; generate a new one to bootstrap a cluster"
             );
         }
         _ => {
-            tracing::warn!(discovery_url = %cfg.discovery, "failed to bootstrap; discovery token was already used");
+            tracing::warn!(discovery_url = %token, "failed to bootstrap; discovery token was already used");
             tracing::warn!(
                 "do not reuse discovery token; generate a new one to bootstrap a cluster"
             );
@@ -121,16 +135,21 @@ pub fn log_guidance(err: &DiscoveryError, cfg: &Config) {
     }
 }
 
-/// The configuration with `initial_cluster` (and the ID token) from v2 discovery.
-/// Blocks; runs on a runtime of its own, so it may be called from anywhere.
-pub fn discover_v2(cfg: &Config) -> Result<Config, DiscoveryError> {
+/// The configuration with `initial_cluster` (and the ID token) from v2
+/// (`--discovery`) or v3 (`--discovery-token`) discovery. Blocks; runs on a runtime of
+/// its own, so it may be called from anywhere.
+pub fn discover(cfg: &Config) -> Result<Config, DiscoveryError> {
     std::thread::scope(|s| {
         s.spawn(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| DiscoveryError::Transport(e.to_string()))?;
-            rt.block_on(v2::discover(cfg))
+            if cfg.discovery.is_empty() {
+                rt.block_on(v3::discover(cfg))
+            } else {
+                rt.block_on(v2::discover(cfg))
+            }
         })
         .join()
         .unwrap_or_else(|_| Err(DiscoveryError::Transport("discovery panicked".into())))
