@@ -85,8 +85,19 @@ fn member_list(m: &Member) -> Vec<(String, String)> {
 
 /// Starts three members of `binary` through `durl`, checks names, IDs and replication.
 fn bootstrap_three(binary: Binary, durl: &str, prefix: &str) -> Vec<Member> {
+    bootstrap_three_with(binary, durl, prefix, |name| discovery_spec(name, durl))
+}
+
+/// As [`bootstrap_three`], members made by `spec`, IDs hashed with `id_token`.
+fn bootstrap_three_with(
+    binary: Binary,
+    id_token: &str,
+    prefix: &str,
+    spec: impl Fn(&str) -> MemberSpec,
+) -> Vec<Member> {
+    let durl = id_token;
     let members: Vec<Member> = (0..3)
-        .map(|i| Member::spawn(binary, discovery_spec(&format!("{prefix}{i}"), durl)))
+        .map(|i| Member::spawn(binary, spec(&format!("{prefix}{i}"))))
         .collect();
     for m in &members {
         m.wait_healthy();
@@ -260,4 +271,94 @@ fn a_member_started_before_the_service_retries_with_backoff_and_joins() {
     let listed = member_list(&member);
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].0, expected_id(&member.spec.peer_url(), &durl));
+}
+
+/// v3 discovery (`--discovery-token`, `--discovery-endpoints`) through `endpoint`.
+fn v3_spec(name: &str, token: &str, endpoint: &str) -> MemberSpec {
+    let mut spec = MemberSpec::new(name);
+    spec.discovery_args = Some(vec![
+        "--discovery-token".into(),
+        token.into(),
+        "--discovery-endpoints".into(),
+        endpoint.into(),
+    ]);
+    spec
+}
+
+#[test]
+fn v3_discovery_through_a_qetcd_cluster_and_its_failures() {
+    let service = Member::start(Binary::Qetcd, MemberSpec::new("disc"));
+    let ctl = service.etcdctl();
+    ctl.run(&["put", "/_etcd/registry/v3-tok/_config/size", "3"])
+        .ok();
+    let ep = service.client_url();
+    bootstrap_three_with(Binary::Qetcd, "v3-tok", "q", |name| {
+        v3_spec(name, "v3-tok", &ep)
+    });
+    let listed = ctl.run(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/_etcd/registry/v3-tok/members/",
+    ]);
+    assert_eq!(listed.ok().lines().filter(|l| !l.is_empty()).count(), 3);
+
+    let log = expect_failure(v3_spec("q3", "v3-tok", &ep));
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: cluster is full)"),
+        "{log}"
+    );
+    let log = expect_failure(v3_spec("a", "no-such-token", &ep));
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: size key not found)"),
+        "{log}"
+    );
+    ctl.run(&["put", "/_etcd/registry/zero/_config/size", "0"])
+        .ok();
+    let log = expect_failure(v3_spec("a", "zero", &ep));
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: size key is bad)"),
+        "{log}"
+    );
+    let mut only_token = MemberSpec::new("a");
+    only_token.discovery_args = Some(vec!["--discovery-token".into(), "t".into()]);
+    let log = expect_failure(only_token);
+    assert!(
+        log.contains("both --discovery-token and --discovery-endpoints must be set"),
+        "{log}"
+    );
+}
+
+#[test]
+fn v3_discovery_through_etcd_with_user_and_password() {
+    if !Binary::Etcd.available() {
+        eprintln!("skipped: Debian's etcd is not installed");
+        return;
+    }
+    let service = Member::start(Binary::Etcd, MemberSpec::new("disc"));
+    let ctl = service.etcdctl();
+    ctl.run(&["user", "add", "root:rootpw"]).ok();
+    ctl.run(&["auth", "enable"]).ok();
+    let root = ctl
+        .clone()
+        .with_args(&["--user".into(), "root:rootpw".into()]);
+    root.run(&["put", "/_etcd/registry/authed/_config/size", "3"])
+        .ok();
+    let ep = service.client_url();
+    bootstrap_three_with(Binary::Qetcd, "authed", "q", |name| {
+        let mut spec = v3_spec(name, "authed", &ep);
+        // One member as flags, the others through the ETCD_* twins.
+        if name.ends_with('0') {
+            spec.discovery_args
+                .as_mut()
+                .unwrap()
+                .extend(["--discovery-user".into(), "root:rootpw".into()]);
+        } else {
+            spec.env = vec![
+                ("ETCD_DISCOVERY_USER".into(), "root".into()),
+                ("ETCD_DISCOVERY_PASSWORD".into(), "rootpw".into()),
+            ];
+        }
+        spec
+    });
 }
