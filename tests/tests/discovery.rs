@@ -362,3 +362,30 @@ fn v3_discovery_through_etcd_with_user_and_password() {
         spec
     });
 }
+
+#[test]
+fn a_member_that_registered_before_without_a_data_dir_finds_its_duplicate_id() {
+    let service = discovery_service(Binary::Qetcd);
+    let durl = new_token(&service, "crashed", "2");
+    // It registers, then waits for a second member that never comes; it is killed
+    // before anything is written.
+    let spec = discovery_spec("lonely", &durl);
+    let mut first = Member::spawn(Binary::Qetcd, spec.clone());
+    wait_until("the member to register", Duration::from_secs(20), || {
+        curl(&[&durl])
+            .contains(&format!("lonely={}", spec.peer_url()))
+            .then_some(())
+    })
+    .unwrap();
+    first.kill9();
+    assert!(!first.data_dir.exists());
+    let log = expect_failure(spec);
+    assert!(
+        log.contains("failed to join discovery cluster (discovery: found duplicate id)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("or use a new discovery token if previous bootstrap failed"),
+        "{log}"
+    );
+}
