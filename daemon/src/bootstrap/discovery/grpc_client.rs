@@ -176,7 +176,7 @@ async fn connect_one(ep: &str, c: &DiscoveryClient) -> Result<Connection, String
     let channel = endpoint
         .connect_with_connector(Connector { authority, tls })
         .await
-        .map_err(|e| format!("dial {ep}: {e}: {}", source_chain(&e)))?;
+        .map_err(|e| format!("dial {ep}: {}", root_cause(&e)))?;
     let mut conn = Connection {
         channel,
         endpoint: ep.to_string(),
@@ -205,14 +205,13 @@ async fn connect_one(ep: &str, c: &DiscoveryClient) -> Result<Connection, String
     Ok(conn)
 }
 
-fn source_chain(e: &dyn std::error::Error) -> String {
-    let mut out = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push(s.to_string());
-        cur = s.source();
+/// The innermost error: tonic's outer layers only say "transport error".
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(s) = cur.source() {
+        cur = s;
     }
-    out.join(": ")
+    cur.to_string()
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 
 mod grpc_client;
 mod http_client;
+pub mod token;
 pub mod v2;
 pub mod v3;
 
