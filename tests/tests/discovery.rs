@@ -239,9 +239,13 @@ fn bad_tokens_and_urls_fail_with_etcds_texts() {
 
 #[test]
 fn a_member_started_before_the_service_retries_with_backoff_and_joins() {
-    // The service's address is chosen first; nothing listens there yet.
-    let spec = MemberSpec::new("disc");
-    let durl = format!("{}/v2/keys/_etcd/registry/early", spec.client_url());
+    // The token is made first and the service stopped, so that once it is back, the
+    // member's next attempt finds the token whenever it comes.
+    let mut spec = MemberSpec::new("disc");
+    spec.extra_args = vec!["--enable-v2".into()];
+    let mut service = Member::start(Binary::Qetcd, spec);
+    let durl = new_token(&service, "early", "1");
+    service.terminate().expect("the service stops");
     let mut early = discovery_spec("early", &durl);
     early.env = vec![("ETCD_DISCOVERY".into(), durl.clone())];
     early.discovery_args = Some(Vec::new());
@@ -257,10 +261,7 @@ fn a_member_started_before_the_service_retries_with_backoff_and_joins() {
         },
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", member.logs()));
-    let mut spec = spec;
-    spec.extra_args = vec!["--enable-v2".into()];
-    let service = Member::start(Binary::Qetcd, spec);
-    new_token(&service, "early", "1");
+    service.relaunch();
     // Backoff is 2 s, then 4 s, 8 s: well within the deadline.
     wait_until(
         "the member to join after the service came up",
@@ -387,5 +388,92 @@ fn a_member_that_registered_before_without_a_data_dir_finds_its_duplicate_id() {
     assert!(
         log.contains("or use a new discovery token if previous bootstrap failed"),
         "{log}"
+    );
+}
+
+#[test]
+fn v3_discovery_over_tls_with_a_client_certificate() {
+    use qetcd_tests::pki::{Ca, LeafSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "discovery-ca");
+    let mut spec = MemberSpec::new("disc");
+    spec.client_scheme = "https".into();
+    let server = ca.issue("server", &LeafSpec::member("disc", &[&spec.ip]));
+    let client = ca.issue("client", &LeafSpec::client("root"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    spec.extra_args = vec![
+        "--cert-file".into(),
+        path(&server.cert),
+        "--key-file".into(),
+        path(&server.key),
+        "--trusted-ca-file".into(),
+        path(&ca.cert),
+    ];
+    spec.etcdctl_args = vec![
+        "--cacert".into(),
+        path(&ca.cert),
+        "--cert".into(),
+        path(&client.cert),
+        "--key".into(),
+        path(&client.key),
+    ];
+    let service = Member::start(Binary::Qetcd, spec);
+    service
+        .etcdctl()
+        .run(&["put", "/_etcd/registry/tls-tok/_config/size", "3"])
+        .ok();
+    let ep = service.client_url();
+    assert!(ep.starts_with("https://"));
+    bootstrap_three_with(Binary::Qetcd, "tls-tok", "q", |name| {
+        let mut s = v3_spec(name, "tls-tok", &ep);
+        s.env = vec![
+            ("ETCD_DISCOVERY_CACERT".into(), path(&ca.cert)),
+            ("ETCD_DISCOVERY_CERT".into(), path(&client.cert)),
+            ("ETCD_DISCOVERY_KEY".into(), path(&client.key)),
+        ];
+        s
+    });
+}
+
+#[test]
+fn v3_members_started_before_the_service_retry_and_join() {
+    // As above: the token exists before the service goes away and comes back.
+    let mut service = Member::start(Binary::Qetcd, MemberSpec::new("disc"));
+    let ep = service.client_url();
+    service
+        .etcdctl()
+        .run(&["put", "/_etcd/registry/early-v3/_config/size", "1"])
+        .ok();
+    service.terminate().expect("the service stops");
+    let mut early = MemberSpec::new("early");
+    early.discovery_args = Some(Vec::new());
+    early.env = vec![
+        ("ETCD_DISCOVERY_TOKEN".into(), "early-v3".into()),
+        ("ETCD_DISCOVERY_ENDPOINTS".into(), ep.clone()),
+    ];
+    let member = Member::spawn(Binary::Qetcd, early);
+    wait_until(
+        "the member to log a discovery retry",
+        Duration::from_secs(20),
+        || {
+            member
+                .logs()
+                .contains("retry connecting to discovery service")
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", member.logs()));
+    service.relaunch();
+    wait_until(
+        "the member to join after the service came up",
+        Duration::from_secs(40),
+        || member.health().filter(|(c, _)| *c == 200),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", member.logs()));
+    let listed = member_list(&member);
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].0,
+        expected_id(&member.spec.peer_url(), "early-v3")
     );
 }
