@@ -477,3 +477,85 @@ fn v3_members_started_before_the_service_retry_and_join() {
         expected_id(&member.spec.peer_url(), "early-v3")
     );
 }
+
+/// A minimal HTTP proxy for plain-http targets on `ip:3128`: forwards each connection
+/// to the host its absolute-form request line names, and records those lines.
+fn start_proxy(ip: &str) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = TcpListener::bind((ip, 3128)).expect("proxy listens");
+    let record = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut client) = conn else { continue };
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let line = text.lines().next().unwrap_or_default().to_string();
+                record.lock().unwrap().push(line.clone());
+                let target = line.split_whitespace().nth(1).unwrap_or_default();
+                let authority = target
+                    .strip_prefix("http://")
+                    .and_then(|t| t.split('/').next())
+                    .unwrap_or_default()
+                    .to_string();
+                let Ok(mut upstream) = TcpStream::connect(&authority) else {
+                    let _ =
+                        client.write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n");
+                    return;
+                };
+                let _ = upstream.write_all(&head);
+                let (mut c2, mut u2) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut u2);
+                    let _ = u2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut upstream, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    seen
+}
+
+#[test]
+fn v2_discovery_goes_through_the_discovery_proxy() {
+    let service = discovery_service(Binary::Qetcd);
+    let durl = new_token(&service, "proxied", "1");
+    let proxy_ip = qetcd_tests::member::unique_ip();
+    let seen = start_proxy(&proxy_ip);
+    let mut spec = discovery_spec("p", &durl);
+    // A bare host:port gets http://, as in etcd.
+    spec.discovery_args
+        .as_mut()
+        .unwrap()
+        .extend(["--discovery-proxy".into(), format!("{proxy_ip}:3128")]);
+    let m = Member::start(Binary::Qetcd, spec);
+    assert!(
+        m.logs().contains("running proxy with discovery"),
+        "{}",
+        m.logs()
+    );
+    let id = expected_id(&m.spec.peer_url(), &durl);
+    let lines = seen.lock().unwrap().clone();
+    let register = format!("PUT {durl}/{id}?prevExist=false HTTP/1.1");
+    assert!(
+        lines.contains(&register),
+        "{register:?} not among {lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("GET {durl}/_config/size?"))),
+        "{lines:#?}"
+    );
+}
