@@ -321,6 +321,21 @@ fn v3_discovery_through_a_qetcd_cluster_and_its_failures() {
         log.contains("failed to join discovery cluster (discovery: size key is bad)"),
         "{log}"
     );
+    // Unlike etcd 3.6, two registrations under one name are refused, as in v2.
+    ctl.run(&["put", "/_etcd/registry/twins/_config/size", "2"])
+        .ok();
+    let twins: Vec<Member> = (0..2)
+        .map(|_| Member::spawn(Binary::Qetcd, v3_spec("twin", "twins", &ep)))
+        .collect();
+    for mut m in twins {
+        let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
+        assert!(!status.success());
+        let log = m.logs();
+        assert!(
+            log.contains("failed to join discovery cluster (discovery: found duplicate name)"),
+            "{log}"
+        );
+    }
     let mut only_token = MemberSpec::new("a");
     only_token.discovery_args = Some(vec!["--discovery-token".into(), "t".into()]);
     let log = expect_failure(only_token);
