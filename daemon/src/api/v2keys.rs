@@ -15,7 +15,10 @@
 //! `recursive=true`; `wait=true` with `waitIndex` and `recursive`) and `PUT` with a
 //! `value` form field or query parameter, plain (`set`) or with `prevExist=false`
 //! (`create`) / `prevExist=true` (`update`). Children whose name starts with `_` are
-//! hidden from listings and recursive watches, as in etcd's v2 store. Errors are etcd's
+//! hidden from listings and recursive watches, as in etcd's v2 store. One difference in
+//! watch answers: a key's first version is reported as `create` and later ones as
+//! `set`, since the v3 history does not keep which v2 request wrote them (etcd says
+//! `set` for a plain PUT that created a key). Errors are etcd's
 //! v2 JSON (`errorCode`, `message`, `cause`, `index`) with its status codes. Anything
 //! else — TTLs, directories made explicitly, `POST`, `DELETE`, compare-and-swap on
 //! values — is refused with errorCode 209 or 405, since no discovery client uses it.
@@ -259,17 +262,22 @@ async fn get(ctx: &Arc<ApiContext>, key: &str, params: &Params) -> Result<Respon
     let (node, index) = ctx
         .read(move |conn| {
             let revs = Revisions::load(conn)?;
-            Ok((read_node(conn, &key_owned, recursive, revs)?, revs.current))
+            let node = match read_node(conn, &key_owned, recursive, revs)? {
+                Some(node) => Ok(node),
+                None => Err(first_missing(conn, &key_owned, revs)?),
+            };
+            Ok((node, revs.current))
         })
         .await
         .map_err(internal)?;
     match node {
-        Some(node) => Ok(with_index(
+        Ok(node) => Ok(with_index(
             StatusCode::OK,
             json!({ "action": "get", "node": node }),
             index,
         )),
-        None => Err(v2_error(Code::KeyNotFound, key, index)),
+        // etcd names the first path component that does not exist.
+        Err(missing) => Err(v2_error(Code::KeyNotFound, missing, index)),
     }
 }
 
@@ -303,6 +311,38 @@ fn read_node(
         return Ok(None);
     }
     Ok(Some(dir_node(key, &below.kvs, recursive, start.len())))
+}
+
+/// The shortest prefix of `key` (`/a`, `/a/b`, …) that is neither a key nor a
+/// directory: what etcd's v2 store reports as the cause of "Key not found".
+fn first_missing(
+    conn: &rusqlite::Connection,
+    key: &str,
+    revs: Revisions,
+) -> Result<String, RequestError> {
+    let mut prefix = String::new();
+    for seg in key.split('/').filter(|s| !s.is_empty()) {
+        prefix.push('/');
+        prefix.push_str(seg);
+        let (start, end) = children_range(&prefix);
+        let count = |key: Vec<u8>, range_end: Vec<u8>| {
+            mvcc::range(
+                conn,
+                &RangeRequest {
+                    key,
+                    range_end,
+                    count_only: true,
+                    ..Default::default()
+                },
+                revs,
+            )
+            .map(|r| r.count)
+        };
+        if count(prefix.as_bytes().to_vec(), Vec::new())? == 0 && count(start, end)? == 0 {
+            return Ok(prefix);
+        }
+    }
+    Ok(key.to_string())
 }
 
 /// A directory node built from the keys below it (sorted by key).
@@ -347,7 +387,11 @@ fn dir_node(key: &str, kvs: &[KeyValue], recursive: bool, prefix_len: usize) -> 
         }
         i = j.max(i + 1);
     }
-    let mut node = json!({ "key": key, "dir": true, "nodes": nodes });
+    // As etcd's `nodes,omitempty`.
+    let mut node = json!({ "key": key, "dir": true });
+    if !nodes.is_empty() {
+        node["nodes"] = Value::Array(nodes);
+    }
     if key != "/" {
         node["modifiedIndex"] = json!(modified);
         node["createdIndex"] = json!(created);
@@ -585,19 +629,24 @@ async fn put(ctx: &Arc<ApiContext>, key: &str, params: &Params) -> Result<Respon
         }],
         failure: vec![],
     };
-    let resp =
-        match tokio::time::timeout(ctx.request_timeout, ctx.node.propose(RaftRequest::Txn(txn)))
-            .await
-        {
-            Ok(Ok(Applied::Txn(r))) => r,
-            Ok(Ok(other)) => {
-                return Err(internal(RequestError::Internal(format!(
-                    "unexpected apply result {other:?}"
-                ))));
-            }
-            Ok(Err(e)) => return Err(internal(e)),
-            Err(_) => return Err(internal(RequestError::Timeout)),
-        };
+    let request = RaftRequest::Txn(txn);
+    if ctx.node.encoded_len(&request) > ctx.max_request_bytes {
+        return Err(v2_error(
+            Code::InvalidField,
+            RequestError::RequestTooLarge.to_string(),
+            current,
+        ));
+    }
+    let resp = match tokio::time::timeout(ctx.request_timeout, ctx.node.propose(request)).await {
+        Ok(Ok(Applied::Txn(r))) => r,
+        Ok(Ok(other)) => {
+            return Err(internal(RequestError::Internal(format!(
+                "unexpected apply result {other:?}"
+            ))));
+        }
+        Ok(Err(e)) => return Err(internal(e)),
+        Err(_) => return Err(internal(RequestError::Timeout)),
+    };
     let revision = resp.header.as_ref().map_or(0, |h| h.revision);
     if !resp.succeeded {
         return Err(match prev_exist {
