@@ -6,7 +6,8 @@
 //! after a crash keeps the key's create revision). A member checks the size and the
 //! registrations (fast fail when N others are there), registers, checks again, watches
 //! the members prefix from the revision it read until N are known — re-watching from
-//! the same revision when the watch breaks — and takes the first N by create revision.
+//! the same revision, after the backoff, when the watch breaks — and takes the first N
+//! by create revision.
 //! Member IDs hash the peer URLs with the token.
 //!
 //! Errors: a missing or bad size key and a full cluster are final; everything else
