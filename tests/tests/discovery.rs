@@ -574,3 +574,40 @@ fn v2_discovery_goes_through_the_discovery_proxy() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn v2_discovery_over_https_verifies_the_service_against_the_system_cas() {
+    use qetcd_tests::pki::{Ca, LeafSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "discovery-ca");
+    let mut spec = MemberSpec::new("disc");
+    spec.client_scheme = "https".into();
+    let server = ca.issue("server", &LeafSpec::member("disc", &[&spec.ip]));
+    let path = |p: &std::path::Path| p.display().to_string();
+    spec.extra_args = vec![
+        "--enable-v2".into(),
+        "--cert-file".into(),
+        path(&server.cert),
+        "--key-file".into(),
+        path(&server.key),
+    ];
+    spec.etcdctl_args = vec!["--cacert".into(), path(&ca.cert)];
+    let service = Member::start(Binary::Qetcd, spec);
+    let durl = format!("{}/v2/keys/_etcd/registry/https-tok", service.client_url());
+    let body = curl(&[
+        "--cacert",
+        &path(&ca.cert),
+        "-X",
+        "PUT",
+        &format!("{durl}/_config/size"),
+        "-d",
+        "value=3",
+    ]);
+    assert!(body.contains("\"value\":\"3\""), "{body}");
+    // As etcd's, the v2 client trusts the system's CAs; SSL_CERT_FILE names them here.
+    bootstrap_three_with(Binary::Qetcd, &durl, "q", |name| {
+        let mut s = discovery_spec(name, &durl);
+        s.env = vec![("SSL_CERT_FILE".into(), path(&ca.cert))];
+        s
+    });
+}
