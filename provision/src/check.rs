@@ -63,8 +63,11 @@ impl Findings {
 }
 
 /// Variables that must be the same text on every host.
-const CLUSTER_WIDE: [&str; 5] = [
+const CLUSTER_WIDE: [&str; 8] = [
     "ETCD_INITIAL_CLUSTER",
+    "ETCD_DISCOVERY",
+    "ETCD_DISCOVERY_TOKEN",
+    "ETCD_DISCOVERY_ENDPOINTS",
     "ETCD_DISCOVERY_SRV",
     "ETCD_DISCOVERY_SRV_NAME",
     "ETCD_INITIAL_CLUSTER_TOKEN",

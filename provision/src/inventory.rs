@@ -69,6 +69,56 @@ pub enum Bootstrap {
     /// SRV records of `domain`, whose targets are the members' hostnames. Those
     /// records are rendered too, so the inventory stays the one description.
     Dns(SrvDiscovery),
+    /// etcd discovery: members register with a discovery service under a one-use token
+    /// and read each other from it (`ETCD_DISCOVERY_TOKEN` + `ETCD_DISCOVERY_ENDPOINTS`,
+    /// or `ETCD_DISCOVERY` for the v2 protocol). `provision discovery new` makes tokens.
+    Discovery(EtcdDiscovery),
+}
+
+/// The service side of `bootstrap = "discovery"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdDiscovery {
+    /// etcd 3.6's v3 protocol: a token on a v3 cluster's gRPC endpoints.
+    V3 {
+        token: String,
+        endpoints: Vec<String>,
+    },
+    /// The v2 protocol: the token's full URL on a v2 keys API.
+    V2 { url: String },
+}
+
+impl EtcdDiscovery {
+    /// The daemon's view of the same service, for token checks.
+    pub fn service(&self) -> qetcd::bootstrap::discovery::token::Service {
+        use qetcd::bootstrap::discovery::token::Service;
+        match self {
+            EtcdDiscovery::V2 { url } => Service::V2 { url: url.clone() },
+            EtcdDiscovery::V3 { token, endpoints } => Service::V3 {
+                endpoints: endpoints.clone(),
+                client: Box::new(default_discovery_client()),
+                token: token.clone(),
+            },
+        }
+    }
+
+    /// How the operator would name the token.
+    pub fn describe(&self) -> String {
+        match self {
+            EtcdDiscovery::V2 { url } => url.clone(),
+            EtcdDiscovery::V3 { token, endpoints } => {
+                format!("{token} on {}", endpoints.join(","))
+            }
+        }
+    }
+}
+
+/// etcd 3.6's defaults for the v3 discovery client (what the daemon uses when the env
+/// file sets nothing else).
+pub fn default_discovery_client() -> qetcd::config::DiscoveryClient {
+    match qetcd::config::Config::parse(["qetcd"], &[]) {
+        Ok(qetcd::config::Parsed::Run { config, .. }) => config.discovery_client,
+        _ => unreachable!("the daemon's defaults parse"),
+    }
 }
 
 /// The DNS side of `bootstrap = "dns"`.
@@ -85,8 +135,16 @@ impl Inventory {
     /// The SRV discovery settings, when the cluster bootstraps from DNS.
     pub fn srv(&self) -> Option<&SrvDiscovery> {
         match &self.bootstrap {
-            Bootstrap::Static => None,
+            Bootstrap::Static | Bootstrap::Discovery(_) => None,
             Bootstrap::Dns(d) => Some(d),
+        }
+    }
+
+    /// The etcd discovery settings, when the cluster bootstraps from a token.
+    pub fn discovery(&self) -> Option<&EtcdDiscovery> {
+        match &self.bootstrap {
+            Bootstrap::Discovery(d) => Some(d),
+            _ => None,
         }
     }
 }
@@ -216,6 +274,9 @@ struct RawCluster {
     bootstrap: Option<Spanned<String>>,
     domain: Option<Spanned<String>>,
     srv_name: Option<Spanned<String>>,
+    discovery_token: Option<Spanned<String>>,
+    discovery_endpoints: Option<Spanned<Vec<String>>>,
+    discovery_url: Option<Spanned<String>>,
     tls: Option<Spanned<String>>,
     client_port: Option<Spanned<i64>>,
     peer_port: Option<Spanned<i64>>,
@@ -517,20 +578,30 @@ fn check_bootstrap(
     let mode_span = mode.map_or(cluster_span.clone(), Spanned::span);
     match mode.map(|b| b.get_ref().as_str()) {
         None | Some("static") => {
-            let mut ok = true;
-            for (field, value) in [("domain", &cluster.domain), ("srv_name", &cluster.srv_name)] {
-                if let Some(v) = value {
-                    c.error(
-                        &v.span(),
-                        &format!("cluster.{field}"),
-                        "only used with bootstrap = \"dns\" (the members' SRV records); a static cluster lists its members in ETCD_INITIAL_CLUSTER",
-                    );
-                    ok = false;
-                }
-            }
+            let ok = no_srv_fields(
+                c,
+                cluster,
+                "a static cluster lists its members in ETCD_INITIAL_CLUSTER",
+            ) & no_discovery_fields(c, cluster, "static");
             ok.then_some(Bootstrap::Static)
         }
+        Some("discovery") => {
+            let ok = no_srv_fields(
+                c,
+                cluster,
+                "a discovery cluster reads its members from the discovery service",
+            );
+            let d = check_discovery(c, cluster, &mode_span);
+            if ok {
+                d.map(Bootstrap::Discovery)
+            } else {
+                None
+            }
+        }
         Some("dns") => {
+            if !no_discovery_fields(c, cluster, "dns") {
+                return None;
+            }
             let domain = match &cluster.domain {
                 None => {
                     c.error(
@@ -574,21 +645,167 @@ fn check_bootstrap(
                 srv_name: srv_name?,
             }))
         }
-        Some("discovery") => {
-            c.error(
-                &mode_span,
-                "cluster.bootstrap",
-                "\"discovery\" is not supported yet; use \"static\" or \"dns\"",
-            );
-            None
-        }
         Some(other) => {
             c.error(
                 &mode_span,
                 "cluster.bootstrap",
                 format!(
-                    "unknown bootstrap mode {other:?}: expected \"static\" or \"dns\" (\"discovery\" is not supported yet)"
+                    "unknown bootstrap mode {other:?}: expected \"static\", \"dns\" or \"discovery\""
                 ),
+            );
+            None
+        }
+    }
+}
+
+/// `domain` and `srv_name` belong to `bootstrap = "dns"` only.
+fn no_srv_fields(c: &mut Checker<'_>, cluster: &RawCluster, why: &str) -> bool {
+    let mut ok = true;
+    for (field, value) in [("domain", &cluster.domain), ("srv_name", &cluster.srv_name)] {
+        if let Some(v) = value {
+            c.error(
+                &v.span(),
+                &format!("cluster.{field}"),
+                format!("only used with bootstrap = \"dns\" (the members' SRV records); {why}"),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// `discovery_*` belong to `bootstrap = "discovery"` only.
+fn no_discovery_fields(c: &mut Checker<'_>, cluster: &RawCluster, mode: &str) -> bool {
+    let spans = [
+        (
+            "discovery_token",
+            cluster.discovery_token.as_ref().map(Spanned::span),
+        ),
+        (
+            "discovery_endpoints",
+            cluster.discovery_endpoints.as_ref().map(Spanned::span),
+        ),
+        (
+            "discovery_url",
+            cluster.discovery_url.as_ref().map(Spanned::span),
+        ),
+    ];
+    let mut ok = true;
+    for (field, span) in spans {
+        if let Some(span) = span {
+            c.error(
+                &span,
+                &format!("cluster.{field}"),
+                format!("only used with bootstrap = \"discovery\", not {mode:?}"),
+            );
+            ok = false;
+        }
+    }
+    ok
+}
+
+/// The token (v3: `discovery_token` + `discovery_endpoints`; v2: `discovery_url`).
+fn check_discovery(
+    c: &mut Checker<'_>,
+    cluster: &RawCluster,
+    mode_span: &Range<usize>,
+) -> Option<EtcdDiscovery> {
+    const HOW: &str = "make one with `provision discovery new --size <members> --endpoints <client URLs of a running cluster>`";
+    match (&cluster.discovery_url, &cluster.discovery_token) {
+        (Some(url), Some(_)) => {
+            c.error(
+                &url.span(),
+                "cluster.discovery_url",
+                "give either discovery_url (v2 protocol) or discovery_token with discovery_endpoints (v3 protocol), not both",
+            );
+            None
+        }
+        (Some(url), None) => {
+            if let Some(e) = &cluster.discovery_endpoints {
+                c.error(
+                    &e.span(),
+                    "cluster.discovery_endpoints",
+                    "only used with discovery_token (v3 protocol); the v2 protocol's discovery_url names the service itself",
+                );
+                return None;
+            }
+            let v = url.get_ref();
+            if let Err(e) = qetcd::bootstrap::discovery::v2::parse_discovery_url(v) {
+                c.error(&url.span(), "cluster.discovery_url", e.to_string());
+                return None;
+            }
+            if !is_env_safe(v) {
+                c.error(
+                    &url.span(),
+                    "cluster.discovery_url",
+                    format!("{v:?} may only hold letters, digits and . _ - : / @ +"),
+                );
+                return None;
+            }
+            Some(EtcdDiscovery::V2 { url: v.clone() })
+        }
+        (None, Some(token)) => {
+            let t = token.get_ref();
+            let token_ok = !t.is_empty()
+                && t.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.'));
+            if !token_ok {
+                c.error(
+                    &token.span(),
+                    "cluster.discovery_token",
+                    format!("{t:?} may only hold letters, digits and - _ . ({HOW})"),
+                );
+            }
+            let endpoints = match &cluster.discovery_endpoints {
+                None => {
+                    c.error(
+                        &token.span(),
+                        "cluster.discovery_endpoints",
+                        "missing: the client URLs (gRPC endpoints) of the cluster that holds discovery_token",
+                    );
+                    None
+                }
+                Some(e) if e.get_ref().is_empty() => {
+                    c.error(
+                        &e.span(),
+                        "cluster.discovery_endpoints",
+                        "empty: list the client URLs of the cluster that holds discovery_token",
+                    );
+                    None
+                }
+                Some(e) => {
+                    let bad: Vec<&String> = e
+                        .get_ref()
+                        .iter()
+                        .filter(|u| {
+                            !is_env_safe(u)
+                                || qetcd::config::parse_url_list(u).map_or(true, |l| {
+                                    l.iter().any(|p| !matches!(p.scheme(), "http" | "https"))
+                                })
+                        })
+                        .collect();
+                    if bad.is_empty() {
+                        Some(e.get_ref().clone())
+                    } else {
+                        c.error(
+                            &e.span(),
+                            "cluster.discovery_endpoints",
+                            format!("{bad:?}: each must be an http:// or https:// client URL, e.g. \"http://10.0.0.5:2379\""),
+                        );
+                        None
+                    }
+                }
+            };
+            (token_ok && endpoints.is_some()).then(|| EtcdDiscovery::V3 {
+                token: t.clone(),
+                endpoints: endpoints.expect("checked"),
+            })
+        }
+        (None, None) => {
+            c.error(
+                mode_span,
+                "cluster.discovery_token",
+                format!("missing: bootstrap \"discovery\" needs a fresh token ({HOW}), with discovery_endpoints; or discovery_url for the v2 protocol"),
             );
             None
         }

@@ -5,12 +5,15 @@
 //! - [`pki`]: CAs and certificates for `tls = "self-signed"`, kept across renders;
 //! - [`render`]: the text of each file, checked by the daemon's own `Config`;
 //! - [`dns`]: the SRV and address records a `bootstrap = "dns"` cluster needs;
+//! - [`discovery`]: discovery tokens for `bootstrap = "discovery"` (made fresh, never
+//!   reused);
 //! - [`bundle`]: where files go, their modes and owners, idempotent writing;
 //! - [`check`]: verifying an inventory and what was rendered from it, and with
 //!   `--dns` ([`check::dns`]) the records a DNS server actually serves.
 
 pub mod bundle;
 pub mod check;
+pub mod discovery;
 pub mod dns;
 pub mod inventory;
 pub mod pki;
@@ -33,6 +36,8 @@ pub enum Error {
     Pki(#[from] pki::PkiError),
     #[error(transparent)]
     Bundle(#[from] bundle::BundleError),
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
 }
 
 /// Everything a render would write, and what happened to the TLS material on the way.
@@ -156,8 +161,16 @@ pub struct Outcome {
 }
 
 /// Renders `inv` into `out` (or, with `dry_run`, only reports what would change).
+///
+/// A discovery token is checked with its service first: one that members already
+/// registered under is refused (tokens are single-use).
 pub fn render(inv: &Inventory, out: &Path, dry_run: bool) -> Result<Outcome, Error> {
-    let rendered = build(inv, out, OffsetDateTime::now_utc())?;
+    let note = match inv.discovery() {
+        Some(d) => discovery::check_token(d)?,
+        None => None,
+    };
+    let mut rendered = build(inv, out, OffsetDateTime::now_utc())?;
+    rendered.warnings.extend(note);
     let report = bundle::apply(out, &rendered.plan, dry_run)?;
     Ok(Outcome { rendered, report })
 }

@@ -38,6 +38,40 @@ struct Cli {
 enum Command {
     Render(RenderArgs),
     Check(CheckArgs),
+    /// Discovery tokens for bootstrap = "discovery".
+    #[command(subcommand)]
+    Discovery(DiscoveryCommand),
+}
+
+#[derive(Subcommand)]
+enum DiscoveryCommand {
+    New(DiscoveryNewArgs),
+}
+
+/// Create a fresh discovery token on a running cluster and print the inventory lines
+/// that use it.
+///
+/// The cluster is any running etcd or qetcd: with the v3 protocol (the default, as etcd
+/// 3.6) the token's size key /_etcd/registry/<token>/_config/size is written through
+/// the v3 API; with --v2 it is written through the v2 keys API (etcd ≤ 3.5 or qetcd,
+/// started with --enable-v2) and the token is a URL. The key is created only if absent.
+/// A token is single-use: make a new one for every bootstrap, even after a failed one.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+#[command(after_help = "\
+Examples:
+  provision discovery new --size 3 --endpoints http://10.0.0.5:2379
+  provision discovery new --size 3 --endpoints http://10.0.0.5:2379 --v2")]
+struct DiscoveryNewArgs {
+    /// How many members will bootstrap with the token.
+    #[arg(long)]
+    size: u32,
+    /// Client URLs of the cluster that holds the token (comma-separated).
+    #[arg(long, value_delimiter = ',', required = true)]
+    endpoints: Vec<String>,
+    /// Use etcd's v2 discovery protocol (ETCD_DISCOVERY) instead of v3.
+    #[arg(long)]
+    v2: bool,
 }
 
 /// Render every host's bundle into an output directory.
@@ -136,6 +170,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Render(a) => render(a),
         Command::Check(a) => check(a),
+        Command::Discovery(DiscoveryCommand::New(a)) => discovery_new(a),
     };
     match result {
         Ok(code) => code,
@@ -170,6 +205,12 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let Some(d) = inv.discovery() {
+        say!(
+            "  bootstrap discovery: token {} (single-use; start all members with it, then drop it for the next cluster)",
+            d.describe()
+        );
+    }
     if let Some(srv) = inv.srv() {
         say!(
             "  bootstrap dns: publish {} or {} on the DNS server for {}, then `provision check {} --dns`",
@@ -224,6 +265,16 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
             out.report.unchanged
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn discovery_new(a: DiscoveryNewArgs) -> anyhow::Result<ExitCode> {
+    let d = provision::discovery::new_token(a.size, &a.endpoints, a.v2)?;
+    say!(
+        "# A fresh discovery token for {} members; put these lines in the inventory's [cluster]:",
+        a.size
+    );
+    say!("{}", provision::discovery::inventory_lines(&d).trim_end());
     Ok(ExitCode::SUCCESS)
 }
 

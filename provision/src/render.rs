@@ -10,14 +10,17 @@
 //! - with `bootstrap = "dns"` there is no `ETCD_INITIAL_CLUSTER`: `ETCD_DISCOVERY_SRV`
 //!   names the domain, and the advertised peer URL is the member's hostname, written
 //!   exactly as the SRV records give it (`<scheme>://<target>:<port>`), so the member
-//!   finds itself in the records and every member hashes the same URLs into IDs.
+//!   finds itself in the records and every member hashes the same URLs into IDs;
+//! - with `bootstrap = "discovery"` there is no `ETCD_INITIAL_CLUSTER` either:
+//!   `ETCD_DISCOVERY_TOKEN` and `ETCD_DISCOVERY_ENDPOINTS` (v3) or `ETCD_DISCOVERY` (v2)
+//!   name the token, and each member registers its own advertised peer URL.
 
 use std::net::{IpAddr, SocketAddr};
 
 use qetcd::config::{Config, Parsed};
 
 use crate::bundle::{SERVICE_GROUP, layout};
-use crate::inventory::{DEFAULT_DATA_DIR, Inventory, Member, TlsMode};
+use crate::inventory::{Bootstrap, DEFAULT_DATA_DIR, EtcdDiscovery, Inventory, Member, TlsMode};
 use qetcd::config::InitialCluster;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,13 +84,20 @@ pub fn env_vars(inv: &Inventory, m: &Member) -> Vec<(String, String)> {
         ),
         ("ETCD_ADVERTISE_CLIENT_URLS", client_url(inv, m)),
     ];
-    match inv.srv() {
-        None => v.push(("ETCD_INITIAL_CLUSTER", initial_cluster(inv))),
-        Some(srv) => {
+    match &inv.bootstrap {
+        Bootstrap::Static => v.push(("ETCD_INITIAL_CLUSTER", initial_cluster(inv))),
+        Bootstrap::Dns(srv) => {
             v.push(("ETCD_DISCOVERY_SRV", srv.domain.clone()));
             if let Some(name) = &srv.srv_name {
                 v.push(("ETCD_DISCOVERY_SRV_NAME", name.clone()));
             }
+        }
+        Bootstrap::Discovery(EtcdDiscovery::V3 { token, endpoints }) => {
+            v.push(("ETCD_DISCOVERY_TOKEN", token.clone()));
+            v.push(("ETCD_DISCOVERY_ENDPOINTS", endpoints.join(",")));
+        }
+        Bootstrap::Discovery(EtcdDiscovery::V2 { url }) => {
+            v.push(("ETCD_DISCOVERY", url.clone()));
         }
     }
     v.extend([
@@ -168,9 +178,12 @@ pub fn validate(
     };
     let mut config = daemon_config(vars).map_err(rejected)?;
     config.validate().map_err(|e| rejected(e.to_string()))?;
-    if !config.discovery_srv.is_empty() {
+    if !config.discovery_srv.is_empty()
+        || !config.discovery.is_empty()
+        || !config.discovery_token.is_empty()
+    {
         config.initial_cluster = InitialCluster::parse(&initial_cluster(inv))
-            .map_err(|e| rejected(format!("the SRV records would give {e}")))?;
+            .map_err(|e| rejected(format!("discovery would give {e}")))?;
     }
     config
         .validate_new_cluster()
@@ -426,5 +439,33 @@ mod tests {
             peers_verified_as_domain(&env_vars(&static_inv, &static_inv.members[0])),
             None
         );
+    }
+
+    #[test]
+    fn discovery_bootstrap_names_the_token_instead_of_the_cluster() {
+        let v3 = inventory(
+            "bootstrap = \"discovery\"\ndiscovery_token = \"abc\"\ndiscovery_endpoints = [\"http://10.0.0.5:2379\", \"http://10.0.0.6:2379\"]",
+        );
+        for m in &v3.members {
+            let vars = env_vars(&v3, m);
+            let get = |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+            assert_eq!(get("ETCD_INITIAL_CLUSTER"), None);
+            assert_eq!(get("ETCD_DISCOVERY_TOKEN"), Some("abc"));
+            assert_eq!(
+                get("ETCD_DISCOVERY_ENDPOINTS"),
+                Some("http://10.0.0.5:2379,http://10.0.0.6:2379")
+            );
+            validate(&v3, &m.name, &vars).unwrap();
+        }
+        let v2 = inventory(
+            "bootstrap = \"discovery\"\ndiscovery_url = \"http://10.0.0.5:2379/v2/keys/_etcd/registry/abc\"",
+        );
+        let vars = env_vars(&v2, &v2.members[0]);
+        assert!(vars.contains(&(
+            "ETCD_DISCOVERY".into(),
+            "http://10.0.0.5:2379/v2/keys/_etcd/registry/abc".into()
+        )));
+        assert!(!vars.iter().any(|(k, _)| k == "ETCD_INITIAL_CLUSTER"));
+        validate(&v2, "infra0", &vars).unwrap();
     }
 }

@@ -84,6 +84,9 @@ pub struct MemberSpec {
     /// `--initial-cluster`; defaults to `name=<advertise peer URL>`.
     pub initial_cluster: Option<String>,
     pub token: Option<String>,
+    /// Bootstrap from a discovery service instead: these flags (say `--discovery
+    /// <url>`) replace `--initial-cluster` and `--initial-cluster-token`.
+    pub discovery_args: Option<Vec<String>>,
     pub extra_args: Vec<String>,
     pub env: Vec<(String, String)>,
     /// `http` or `https`, for the client and the peer URLs.
@@ -101,6 +104,7 @@ impl MemberSpec {
             advertise_peer: None,
             initial_cluster: None,
             token: None,
+            discovery_args: None,
             extra_args: Vec::new(),
             env: Vec::new(),
             client_scheme: "http".into(),
@@ -139,12 +143,16 @@ impl MemberSpec {
             self.peer_url(),
             "--initial-advertise-peer-urls".into(),
             advertise_peer,
-            "--initial-cluster".into(),
-            cluster,
         ];
-        if let Some(t) = &self.token {
-            args.push("--initial-cluster-token".into());
-            args.push(t.clone());
+        if let Some(discovery) = &self.discovery_args {
+            args.extend(discovery.iter().cloned());
+        } else {
+            args.push("--initial-cluster".into());
+            args.push(cluster);
+            if let Some(t) = &self.token {
+                args.push("--initial-cluster-token".into());
+                args.push(t.clone());
+            }
         }
         // A flag whose ETCD_* twin the spec sets (say, from `etcdctl member add`'s
         // output) is left to the environment: giving both is fatal, as in etcd.

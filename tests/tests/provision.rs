@@ -316,8 +316,9 @@ fn help_reads_like_a_finished_tool() {
     assert_eq!(top.code, Some(0));
     for s in [
         "Usage: provision <COMMAND>",
-        "render  Render every host's bundle into an output directory",
-        "check   Check an inventory and, with --out, the bundles rendered from it",
+        "render     Render every host's bundle into an output directory",
+        "check      Check an inventory and, with --out, the bundles rendered from it",
+        "discovery  Discovery tokens for bootstrap = \"discovery\"",
         "examples/inventory.toml",
     ] {
         assert!(top.stdout.contains(s), "{s:?} missing from\n{}", top.stdout);

@@ -332,9 +332,7 @@ impl Cluster for ClusterService {
             id: req.id,
             peer_urls: texts.clone(),
         });
-        let applied = tokio::time::timeout(self.ctx.request_timeout, self.ctx.node.propose(update))
-            .await
-            .map_err(|_| RequestError::Timeout)??;
+        let applied = self.ctx.propose(update).await?;
         debug_assert!(matches!(
             applied,
             crate::state_machine::Applied::MemberUpdated

@@ -10,6 +10,7 @@ mod lease;
 mod maintenance;
 mod propose;
 pub mod status;
+mod v2keys;
 mod watch;
 
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub struct ApiContext {
     /// The peer side, for what only the leader can tell (a learner's progress) and
     /// for which peers are connected.
     pub peers: crate::transport::PeerTransport,
+    /// `--enable-v2`: serve the v2 keys API subset of etcd's v2 discovery protocol.
+    pub enable_v2: bool,
 }
 
 impl ApiContext {
@@ -134,7 +137,10 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
             ctx.clone(),
             learner_gate,
         ));
-    let router = grpc.merge(http::router(ctx));
+    let mut router = grpc.merge(http::router(ctx.clone()));
+    if ctx.enable_v2 {
+        router = router.merge(v2keys::router(ctx));
+    }
     tonic::service::Routes::from(router)
 }
 

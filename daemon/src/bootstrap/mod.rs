@@ -2,8 +2,10 @@
 //! (IDs derived exactly as etcd derives them), or a restart from an existing data dir.
 //!
 //! A new member's initial cluster is `--initial-cluster`, or read from DNS SRV records
-//! ([`dns_srv`], `--discovery-srv`) before anything is written.
+//! ([`dns_srv`], `--discovery-srv`) or from an etcd discovery service ([`discovery`],
+//! `--discovery`, `--discovery-token`) before anything is written.
 
+pub mod discovery;
 pub mod dns_srv;
 mod force_new;
 pub mod join;
@@ -36,6 +38,11 @@ pub enum BootstrapError {
     ZeroId,
     #[error(transparent)]
     Join(#[from] join::JoinError),
+    /// etcd's wrapper around every discovery failure.
+    #[error("failed to join discovery cluster ({0})")]
+    Discovery(discovery::DiscoveryError),
+    #[error("discovery cluster {0} has duplicate url")]
+    DiscoveryDuplicateUrl(String),
     #[error(transparent)]
     DnsSrv(#[from] dns_srv::DnsSrvError),
     /// The configuration cannot bootstrap a new member (etcd's VerifyBootstrap).
@@ -70,11 +77,27 @@ pub fn bootstrap(
     cfg: &Config,
     joining: Option<&join_cluster::RemoteCluster>,
 ) -> Result<Bootstrapped, BootstrapError> {
-    let from_dns;
-    let cfg = if !cfg.discovery_srv.is_empty() && !has_member_state(&cfg.data_dir)? {
-        from_dns = dns_srv::discover(cfg)?;
-        &from_dns
+    let discovered;
+    let restarting = has_member_state(&cfg.data_dir)?;
+    let cfg = if !cfg.discovery_srv.is_empty() && !restarting {
+        discovered = dns_srv::discover(cfg)?;
+        &discovered
+    } else if (!cfg.discovery.is_empty() || !cfg.discovery_token.is_empty()) && !restarting {
+        if cfg.initial_cluster_state == ClusterState::Existing && !cfg.discovery.is_empty() {
+            return Err(crate::config::ConfigError::Invalid(
+                "discovery URL should not be set when joining existing initial cluster".into(),
+            )
+            .into());
+        }
+        discovered = discover(cfg)?;
+        &discovered
     } else {
+        if !cfg.discovery.is_empty() || !cfg.discovery_token.is_empty() {
+            tracing::info!(
+                discovery_url = %cfg.discovery,
+                "discovery token is ignored since cluster already initialized; valid logs are found"
+            );
+        }
         cfg
     };
     prepare_data_dir(&cfg.data_dir)?;
@@ -140,6 +163,18 @@ pub fn bootstrap(
         conn,
         restarted: false,
         joined: false,
+    })
+}
+
+/// v2 or v3 discovery, with etcd's guidance logged when it fails.
+fn discover(cfg: &Config) -> Result<Config, BootstrapError> {
+    use discovery::DiscoveryError;
+    discovery::discover(cfg).map_err(|e| {
+        if let DiscoveryError::DuplicateUrl(map) = e {
+            return BootstrapError::DiscoveryDuplicateUrl(map);
+        }
+        discovery::log_guidance(&e, cfg);
+        BootstrapError::Discovery(e)
     })
 }
 

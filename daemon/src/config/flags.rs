@@ -235,6 +235,83 @@ pub const FLAGS: &[Flag] = &[
         "V3 discovery: List of gRPC endpoints of the discovery service."
     ),
     flag!(
+        "discovery-dial-timeout",
+        Text,
+        "2s",
+        CLUSTERING,
+        "V3 discovery: dial timeout for client connections."
+    ),
+    flag!(
+        "discovery-request-timeout",
+        Text,
+        "5s",
+        CLUSTERING,
+        "V3 discovery: timeout for discovery requests (excluding dial timeout)."
+    ),
+    flag!(
+        "discovery-keepalive-time",
+        Text,
+        "2s",
+        CLUSTERING,
+        "V3 discovery: keepalive time for client connections."
+    ),
+    flag!(
+        "discovery-keepalive-timeout",
+        Text,
+        "6s",
+        CLUSTERING,
+        "V3 discovery: keepalive timeout for client connections."
+    ),
+    flag!(
+        "discovery-insecure-transport",
+        Bool,
+        "true",
+        CLUSTERING,
+        "V3 discovery: disable transport security for client connections."
+    ),
+    flag!(
+        "discovery-insecure-skip-tls-verify",
+        Bool,
+        "false",
+        CLUSTERING,
+        "V3 discovery: skip server certificate verification (CAUTION: this option should be enabled only for testing purposes)."
+    ),
+    flag!(
+        "discovery-cert",
+        Text,
+        "",
+        CLUSTERING,
+        "V3 discovery: identify secure client using this TLS certificate file."
+    ),
+    flag!(
+        "discovery-key",
+        Text,
+        "",
+        CLUSTERING,
+        "V3 discovery: identify secure client using this TLS key file."
+    ),
+    flag!(
+        "discovery-cacert",
+        Text,
+        "",
+        CLUSTERING,
+        "V3 discovery: verify certificates of TLS-enabled secure servers using this CA bundle."
+    ),
+    flag!(
+        "discovery-user",
+        Text,
+        "",
+        CLUSTERING,
+        "V3 discovery: username[:password] for authentication (prompt if password is not supplied)."
+    ),
+    flag!(
+        "discovery-password",
+        Text,
+        "",
+        CLUSTERING,
+        "V3 discovery: password for authentication (if this option is used, --user option shouldn't include password)."
+    ),
+    flag!(
         "strict-reconfig-check",
         Bool,
         "true",
@@ -281,7 +358,7 @@ pub const FLAGS: &[Flag] = &[
         Bool,
         "false",
         CLUSTERING,
-        "Accepted for etcd compatibility; the v2 API is not served."
+        "Serve the subset of the v2 keys API that etcd's v2 discovery protocol uses (/v2/keys), so this cluster can be a discovery service."
     ),
     flag!(
         "cert-file",

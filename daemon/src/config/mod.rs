@@ -83,6 +83,25 @@ impl TlsFlags {
     }
 }
 
+/// etcd 3.6's v3 discovery client settings (`--discovery-*` besides token and
+/// endpoints): how to reach the backing cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryClient {
+    pub dial_timeout: Duration,
+    pub request_timeout: Duration,
+    pub keepalive_time: Duration,
+    pub keepalive_timeout: Duration,
+    /// Plaintext gRPC unless false (or a certificate, key or CA is given).
+    pub insecure_transport: bool,
+    pub insecure_skip_tls_verify: bool,
+    pub cert: String,
+    pub key: String,
+    pub cacert: String,
+    /// `user` or `user:password`.
+    pub user: String,
+    pub password: String,
+}
+
 /// A member's whole configuration, with etcd's defaults.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -117,11 +136,20 @@ pub struct Config {
     pub force_new_cluster: bool,
     pub max_learners: u32,
     pub log_level: LogLevel,
+    /// `--discovery`: a v2 discovery URL (the directory of the token on a service
+    /// that speaks the v2 keys API).
     pub discovery: String,
+    /// `--discovery-fallback`; only `exit` is supported (validated).
+    pub discovery_fallback: String,
+    /// `--discovery-proxy`: HTTP proxy for v2 discovery traffic.
+    pub discovery_proxy: String,
+    /// `--enable-v2`: serve the v2 keys API subset used by v2 discovery.
+    pub enable_v2: bool,
     pub discovery_srv: String,
     pub discovery_srv_name: String,
     pub discovery_token: String,
     pub discovery_endpoints: String,
+    pub discovery_client: DiscoveryClient,
     pub client_tls: TlsFlags,
     pub peer_tls: TlsFlags,
     pub self_signed_cert_validity_years: u32,
@@ -312,6 +340,7 @@ impl Config {
             "discovery-srv",
             "discovery-srv-name",
             "discovery-endpoints",
+            "discovery-token",
         ]
         .iter()
         .any(|f| v.is_set(f));
@@ -352,7 +381,7 @@ impl Config {
             .map_err(|_| v.invalid("max-request-bytes", "value out of range".into()))?;
         let max_txn_ops = u32::try_from(v.uint("max-txn-ops")?)
             .map_err(|_| v.invalid("max-txn-ops", "value out of range".into()))?;
-        for ignored in ["wal-dir", "enable-v2"] {
+        for ignored in ["wal-dir"] {
             if v.is_set(ignored) {
                 warnings.push(format!(
                     "--{ignored} is accepted for etcd compatibility but has no effect in qetcd"
@@ -417,10 +446,26 @@ impl Config {
             max_learners: v.uint("max-learners")? as u32,
             log_level,
             discovery: v.text("discovery"),
+            discovery_fallback: v.text("discovery-fallback"),
+            discovery_proxy: v.text("discovery-proxy"),
+            enable_v2: v.bool("enable-v2")?,
             discovery_srv: v.text("discovery-srv"),
             discovery_srv_name: v.text("discovery-srv-name"),
             discovery_token: v.text("discovery-token"),
             discovery_endpoints: v.text("discovery-endpoints"),
+            discovery_client: DiscoveryClient {
+                dial_timeout: v.duration("discovery-dial-timeout")?,
+                request_timeout: v.duration("discovery-request-timeout")?,
+                keepalive_time: v.duration("discovery-keepalive-time")?,
+                keepalive_timeout: v.duration("discovery-keepalive-timeout")?,
+                insecure_transport: v.bool("discovery-insecure-transport")?,
+                insecure_skip_tls_verify: v.bool("discovery-insecure-skip-tls-verify")?,
+                cert: v.text("discovery-cert"),
+                key: v.text("discovery-key"),
+                cacert: v.text("discovery-cacert"),
+                user: v.text("discovery-user"),
+                password: v.text("discovery-password"),
+            },
             client_tls,
             peer_tls,
             self_signed_cert_validity_years: v.uint("self-signed-cert-validity")? as u32,

@@ -376,3 +376,86 @@ fn help_and_version() {
         Parsed::Version
     ));
 }
+
+#[test]
+fn discovery_fallback_proxy_is_refused_as_etcd_3_6_does() {
+    let (msg, code) = err(start(&[
+        "--discovery",
+        "http://127.0.0.1:2379/v2/keys/_etcd/registry/t",
+        "--discovery-fallback",
+        "proxy",
+    ]));
+    assert_eq!(
+        msg,
+        "v2 proxy is deprecated, and --discovery-fallback can't be configured as \"proxy\""
+    );
+    assert_eq!(code, 1);
+    let (msg, _) = err(start(&["--discovery-fallback", "later"]));
+    assert!(
+        msg.contains("valid values are \"exit\" or \"proxy\""),
+        "{msg}"
+    );
+    let c = parse(&[
+        "--name",
+        "a",
+        "--discovery",
+        "http://127.0.0.1:2379/v2/keys/_etcd/registry/t",
+        "--discovery-proxy",
+        "127.0.0.1:3128",
+        "--enable-v2",
+    ])
+    .unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.discovery_fallback, "exit");
+    assert_eq!(c.discovery_proxy, "127.0.0.1:3128");
+    assert!(c.enable_v2);
+    assert!(
+        c.initial_cluster.is_empty(),
+        "--discovery replaces the default initial cluster"
+    );
+}
+
+#[test]
+fn v3_discovery_flags_and_their_environment_twins() {
+    let (c, _) = parse_with(
+        &[
+            "--name",
+            "a",
+            "--discovery-token",
+            "tok",
+            "--discovery-endpoints",
+            "http://127.0.0.1:2379",
+            "--discovery-dial-timeout",
+            "3s",
+        ],
+        &[
+            ("ETCD_DISCOVERY_USER", "root:pw"),
+            ("ETCD_DISCOVERY_INSECURE_TRANSPORT", "false"),
+            ("ETCD_DISCOVERY_CACERT", "/etc/ca.pem"),
+        ],
+    )
+    .unwrap();
+    c.validate().unwrap();
+    let d = &c.discovery_client;
+    assert_eq!(d.dial_timeout, Duration::from_secs(3));
+    assert_eq!(d.request_timeout, Duration::from_secs(5));
+    assert_eq!(d.keepalive_time, Duration::from_secs(2));
+    assert_eq!(d.keepalive_timeout, Duration::from_secs(6));
+    assert!(!d.insecure_transport);
+    assert!(!d.insecure_skip_tls_verify);
+    assert_eq!(d.user, "root:pw");
+    assert_eq!(d.cacert, "/etc/ca.pem");
+    assert!(c.initial_cluster.is_empty());
+    let (msg, _) = err(start(&[
+        "--discovery-token",
+        "tok",
+        "--discovery-endpoints",
+        "http://127.0.0.1:2379",
+        "--discovery",
+        "http://127.0.0.1:2379/v2/keys/x",
+    ]));
+    assert!(
+        msg.starts_with("multiple discovery or bootstrap flags are set"),
+        "{msg}"
+    );
+}

@@ -26,6 +26,19 @@ impl Config {
                 "multiple discovery or bootstrap flags are set. Choose one of \"initial-cluster\", \"discovery\", \"discovery-endpoints\" or \"discovery-srv\"",
             ));
         }
+        match self.discovery_fallback.as_str() {
+            "exit" => {}
+            "proxy" => {
+                return Err(invalid(
+                    "v2 proxy is deprecated, and --discovery-fallback can't be configured as \"proxy\"",
+                ));
+            }
+            other => {
+                return Err(invalid(format!(
+                    "invalid value {other:?} for flag -discovery-fallback: valid values are \"exit\" or \"proxy\""
+                )));
+            }
+        }
         if self.discovery_token.is_empty() != self.discovery_endpoints.is_empty() {
             return Err(invalid(
                 "both --discovery-token and --discovery-endpoints must be set",

@@ -313,5 +313,6 @@ fn api_context(
         max_learners: cfg.max_learners as usize,
         strict_reconfig_check: cfg.strict_reconfig_check,
         peers,
+        enable_v2: cfg.enable_v2,
     }
 }

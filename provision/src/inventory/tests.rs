@@ -203,11 +203,11 @@ fn missing_and_empty_token() {
 fn bootstrap_modes_not_supported_yet() {
     assert_eq!(
         error(&edit(4, "tls = \"none\"\nbootstrap = \"discovery\"")),
-        "inv.toml:5: cluster.bootstrap: \"discovery\" is not supported yet; use \"static\" or \"dns\""
+        "inv.toml:5: cluster.discovery_token: missing: bootstrap \"discovery\" needs a fresh token (make one with `provision discovery new --size <members> --endpoints <client URLs of a running cluster>`), with discovery_endpoints; or discovery_url for the v2 protocol"
     );
     assert_eq!(
         error(&edit(4, "tls = \"none\"\nbootstrap = \"magic\"")),
-        "inv.toml:5: cluster.bootstrap: unknown bootstrap mode \"magic\": expected \"static\" or \"dns\" (\"discovery\" is not supported yet)"
+        "inv.toml:5: cluster.bootstrap: unknown bootstrap mode \"magic\": expected \"static\", \"dns\" or \"discovery\""
     );
     assert_eq!(
         error(&edit(4, "tls = \"yes\"")),
@@ -380,5 +380,51 @@ fn dns_names() {
     assert_eq!(
         San::parse("*.example.com"),
         Ok(San::Dns("*.example.com".into()))
+    );
+}
+
+#[test]
+fn discovery_bootstrap_takes_a_v3_token_or_a_v2_url() {
+    let v3 = edit(
+        4,
+        "tls = \"none\"\nbootstrap = \"discovery\"\ndiscovery_token = \"0a1b\"\ndiscovery_endpoints = [\"http://10.0.0.5:2379\"]",
+    );
+    let inv = Inventory::parse("inv.toml", &v3).unwrap();
+    assert_eq!(
+        inv.bootstrap,
+        Bootstrap::Discovery(EtcdDiscovery::V3 {
+            token: "0a1b".into(),
+            endpoints: vec!["http://10.0.0.5:2379".into()],
+        })
+    );
+    let v2 = edit(
+        4,
+        "tls = \"none\"\nbootstrap = \"discovery\"\ndiscovery_url = \"http://10.0.0.5:2379/v2/keys/_etcd/registry/0a1b\"",
+    );
+    let inv = Inventory::parse("inv.toml", &v2).unwrap();
+    assert!(matches!(inv.discovery(), Some(EtcdDiscovery::V2 { .. })));
+
+    let no_endpoints = edit(
+        4,
+        "tls = \"none\"\nbootstrap = \"discovery\"\ndiscovery_token = \"0a1b\"",
+    );
+    assert!(
+        error(&no_endpoints).starts_with("inv.toml:6: cluster.discovery_endpoints: missing"),
+        "{}",
+        error(&no_endpoints)
+    );
+    let bad_url = edit(
+        4,
+        "tls = \"none\"\nbootstrap = \"discovery\"\ndiscovery_url = \"10.0.0.5:2379/x\"",
+    );
+    assert!(
+        error(&bad_url).contains("invalid discovery URL"),
+        "{}",
+        error(&bad_url)
+    );
+    let static_with_token = edit(4, "tls = \"none\"\ndiscovery_token = \"0a1b\"");
+    assert_eq!(
+        error(&static_with_token),
+        "inv.toml:5: cluster.discovery_token: only used with bootstrap = \"discovery\", not \"static\""
     );
 }
