@@ -97,6 +97,23 @@ pub fn nodes_to_cluster(values: &[String], size: usize) -> Result<InitialCluster
     Ok(cluster)
 }
 
+/// `cfg` with the discovered initial cluster and the token its IDs hash with, refused
+/// when two members share a peer URL (etcd's `checkDuplicateURL`).
+pub fn discovered_config(
+    cfg: &Config,
+    cluster: InitialCluster,
+    token: &str,
+) -> Result<Config, DiscoveryError> {
+    if has_duplicate_url(&cluster) {
+        return Err(DiscoveryError::DuplicateUrl(cluster.to_string()));
+    }
+    let mut out = cfg.clone();
+    out.initial_cluster = cluster;
+    out.initial_cluster_set = true;
+    out.initial_cluster_token = token.to_string();
+    Ok(out)
+}
+
 /// etcd's `checkDuplicateURL` on the discovered cluster.
 pub fn has_duplicate_url(cluster: &InitialCluster) -> bool {
     let mut seen = std::collections::BTreeSet::new();

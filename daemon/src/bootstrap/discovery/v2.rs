@@ -24,7 +24,7 @@ use serde::Deserialize;
 use url::Url;
 
 use super::http_client::{Client, Response, TransportError};
-use super::{DiscoveryError, backoff, has_duplicate_url, nodes_to_cluster};
+use super::{DiscoveryError, backoff, discovered_config, nodes_to_cluster};
 use crate::config::{Config, InitialCluster, member_id};
 use crate::notify::Notifier;
 
@@ -468,16 +468,7 @@ pub async fn discover(cfg: &Config) -> Result<Config, DiscoveryError> {
     let values = d.join_cluster(&own).await?;
     let size = values.len();
     let cluster = nodes_to_cluster(&values, size)?;
-    let mut out = cfg.clone();
-    out.initial_cluster = cluster;
-    out.initial_cluster_set = true;
-    out.initial_cluster_token = durl.to_string();
-    if has_duplicate_url(&out.initial_cluster) {
-        return Err(DiscoveryError::DuplicateUrl(
-            out.initial_cluster.to_string(),
-        ));
-    }
-    Ok(out)
+    discovered_config(cfg, cluster, durl)
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@
 use tokio_stream::StreamExt;
 
 use super::grpc_client::{self, Connection};
-use super::{DiscoveryError, backoff, has_duplicate_url, nodes_to_cluster};
+use super::{DiscoveryError, backoff, discovered_config, nodes_to_cluster};
 use crate::config::{Config, InitialCluster, member_id};
 use crate::notify::Notifier;
 use crate::proto::etcdserverpb::kv_client::KvClient;
@@ -407,16 +407,7 @@ pub async fn discover(cfg: &Config) -> Result<Config, DiscoveryError> {
         DiscoveryError::InvalidUrl => DiscoveryError::InvalidPeerUrl,
         other => other,
     })?;
-    let mut out = cfg.clone();
-    out.initial_cluster = cluster;
-    out.initial_cluster_set = true;
-    out.initial_cluster_token = cfg.discovery_token.clone();
-    if has_duplicate_url(&out.initial_cluster) {
-        return Err(DiscoveryError::DuplicateUrl(
-            out.initial_cluster.to_string(),
-        ));
-    }
-    Ok(out)
+    discovered_config(cfg, cluster, &cfg.discovery_token)
 }
 
 #[cfg(test)]
