@@ -14,8 +14,9 @@
 #
 # Columns: throughput, p99 latency, and the members' CPU time (all of them, user +
 # system) per request: the figure that decides throughput on a saturated machine and is
-# the least disturbed by other load on it. After the largest key space, each member's
-# resident memory is printed.
+# the least disturbed by other load on it. After the largest key space, each
+# implementation's member 1 is killed with -9 and restarted (time until it is healthy
+# again), and each member's resident memory is printed.
 #
 # Members listen on 127.0.90.x (qetcd) and 127.0.91.x (etcd); data lives in a temporary
 # directory that is removed at the end. Set SCENARIOS to run a subset, e.g.
@@ -38,25 +39,47 @@ trap cleanup EXIT
 net_of() { [[ $1 == qetcd ]] && echo 127.0.90 || echo 127.0.91; }
 bin_of() { [[ $1 == qetcd ]] && echo target/release/qetcd || echo /usr/bin/etcd; }
 
-start_cluster() { # impl
-    local impl=$1 net bin cluster="" i
+member_cmd() { # impl i: starts member i of impl in the background
+    local impl=$1 i=$2 net bin cluster="" j
     net=$(net_of "$impl"); bin=$(bin_of "$impl")
-    for ((i = 1; i <= members; i++)); do cluster+="m$i=http://$net.$i:2380,"; done
-    local p=""
+    for ((j = 1; j <= members; j++)); do cluster+="m$j=http://$net.$j:2380,"; done
+    "$bin" --name "m$i" --data-dir "$work/$net-$i" \
+        --listen-client-urls "http://$net.$i:2379" --advertise-client-urls "http://$net.$i:2379" \
+        --listen-peer-urls "http://$net.$i:2380" --initial-advertise-peer-urls "http://$net.$i:2380" \
+        --initial-cluster "${cluster%,}" --initial-cluster-token bench \
+        --quota-backend-bytes 8589934592 >>"$work/$net-$i.log" 2>&1 &
+}
+
+wait_healthy() { # endpoints
+    local deadline=$((SECONDS + 120))
+    until ETCDCTL_API=3 etcdctl --endpoints "$1" endpoint health >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || { echo "$1 did not become healthy" >&2; exit 1; }
+        sleep 0.05
+    done
+}
+
+start_cluster() { # impl
+    local impl=$1 i p=""
     for ((i = 1; i <= members; i++)); do
-        "$bin" --name "m$i" --data-dir "$work/$net-$i" \
-            --listen-client-urls "http://$net.$i:2379" --advertise-client-urls "http://$net.$i:2379" \
-            --listen-peer-urls "http://$net.$i:2380" --initial-advertise-peer-urls "http://$net.$i:2380" \
-            --initial-cluster "${cluster%,}" --initial-cluster-token bench \
-            --quota-backend-bytes 8589934592 >"$work/$net-$i.log" 2>&1 &
+        member_cmd "$impl" "$i"
         p+="$! "
     done
     pids[$impl]=$p
-    local deadline=$((SECONDS + 60))
-    until ETCDCTL_API=3 etcdctl --endpoints "$(endpoints "$impl")" endpoint health >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "$impl cluster did not become healthy" >&2; exit 1; }
-        sleep 0.2
-    done
+    wait_healthy "$(endpoints "$impl")"
+}
+
+# Restart-to-ready: member 1 killed with -9 and started again on its data; seconds
+# until it answers a health check (which needs a leader and its own applied state).
+restart_time() { # impl
+    local impl=$1 net first rest t0
+    net=$(net_of "$impl")
+    read -r first rest <<<"${pids[$impl]}"
+    kill -9 "$first"; wait "$first" 2>/dev/null || true
+    t0=$(date +%s.%N)
+    member_cmd "$impl" 1
+    pids[$impl]="$! $rest"
+    wait_healthy "http://$net.1:2379"
+    python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')"
 }
 
 endpoints() { local net i out=""; net=$(net_of "$1"); for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
@@ -114,6 +137,9 @@ for space in $spaces; do
             measure "${s%%:*} ${s##*:} random/$space" "$r" "${s%%:*}" "${s##*:}" random "$space"
         done
     done
+done
+for impl in qetcd etcd; do
+    echo "$impl: restart to ready after kill -9 with $loaded keys: $(restart_time "$impl") s"
 done
 for impl in qetcd etcd; do
     for p in ${pids[$impl]}; do
