@@ -706,7 +706,10 @@ impl Node {
         self.outbox.send(light.take_messages());
         let committed = light.take_committed_entries();
         let commit = light.commit_index();
-        if !committed.is_empty() || commit.is_some() {
+        // A new commit index alone is not written down: it is recovered from the
+        // leader after a restart (and `RaftLog::open` raises it to the applied index),
+        // so it rides along with the next write instead of costing a commit here.
+        if !committed.is_empty() {
             // Entries committed by this round were made durable above; applying them
             // needs no fsync of its own (see Durability::Deferred).
             let mut batch = log.batch(Durability::Deferred)?;

@@ -96,6 +96,9 @@ pub fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     )?;
     for schema in ["main", "log"] {
         conn.pragma_update(Some(schema), "journal_mode", "WAL")?;
+        // A WAL that grew past this (a burst the checkpointer could not keep up with)
+        // is cut back to it when it starts over; below it, its blocks are reused.
+        conn.pragma_update(Some(schema), "journal_size_limit", 64 << 20)?;
     }
     conn.pragma_update(Some("main"), "synchronous", "NORMAL")?;
     conn.pragma_update(Some("log"), "synchronous", "FULL")?;

@@ -218,7 +218,11 @@ impl RaftLog {
             self.conn.pragma_update(Some("log"), "synchronous", log)?;
             self.synchronous.set(durability);
         }
-        let tx = self.conn.unchecked_transaction()?;
+        // IMMEDIATE: take the write lock at the start, waiting (busy timeout) while the
+        // checkpointer holds it for a restarting checkpoint. A deferred transaction
+        // that has read first cannot wait for the lock when it comes to write, and
+        // fails with "database is locked".
+        let tx = Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
         Ok(LogBatch {
             log: self,
             tx,

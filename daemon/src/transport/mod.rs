@@ -577,6 +577,9 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
         if matches!(outcome, Err(DialError::Refused(Verdict::RemovedMember))) {
             let since = *removed_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= REMOVED_CONFIRMATION {
+                if !*inner.removed_from_cluster.borrow() {
+                    tracing::error!("the member has been permanently removed from the cluster");
+                }
                 inner.removed_from_cluster.send_replace(true);
             }
         } else if !matches!(outcome, Err(DialError::Unreachable(_))) {
@@ -610,8 +613,11 @@ async fn dial_loop(inner: Arc<Inner>, link: Arc<Link>, eager: bool) {
                             remote_peer_cluster_id = %hex(ours),
                             "request sent was ignored by remote peer due to cluster ID mismatch"
                         ),
-                        Verdict::RemovedMember => tracing::error!(
-                            "the member has been permanently removed from the cluster"
+                        // Believed only once it persists (REMOVED_CONFIRMATION): a
+                        // peer that has just started says so for a moment.
+                        Verdict::RemovedMember => tracing::warn!(
+                            peer = %hex(link.peer),
+                            "peer refused us as a removed member"
                         ),
                         other => {
                             tracing::warn!(peer = %hex(link.peer), verdict = ?other, "peer refused the connection")
