@@ -137,7 +137,11 @@ fn check_output(inv: &Inventory, out: &Path, now: OffsetDateTime, f: &mut Findin
             ));
         }
         check_host_tls(&m.name, &vars, out, now, f);
-        envs.insert(&m.name, vars);
+        // A member added later starts with `existing` and the cluster it joined: it
+        // agrees with the inventory (above), not with the bootstrap members.
+        if m.joined.is_none() {
+            envs.insert(&m.name, vars);
+        }
     }
     // The other rendered texts are derived from the inventory alone: they must read
     // exactly as a render would write them.

@@ -218,6 +218,14 @@ pub struct Member {
     pub address: IpAddr,
     pub hostname: Option<String>,
     pub extra_sans: Vec<San>,
+    /// Set for a member added to the running cluster (`provision member add`): the
+    /// members it joined, whose peer URLs its `ETCD_INITIAL_CLUSTER` lists with its own
+    /// (`ETCD_INITIAL_CLUSTER_STATE=existing`). Unset for the bootstrap members.
+    pub joined: Option<Vec<String>>,
+    /// Removed from the running cluster (`provision member remove`): no longer
+    /// rendered, but still part of the bootstrap members' `ETCD_INITIAL_CLUSTER` (and
+    /// of the `joined` lists naming it), so their bundles stay as they were.
+    pub removed: bool,
 }
 
 impl Member {
@@ -251,7 +259,12 @@ pub struct Inventory {
     /// do), so that tools on the host reach the member without knowing its address.
     pub listen_localhost: bool,
     pub cert_validity_days: u32,
+    /// The members that are rendered: every `[[member]]` not marked `removed`, in file
+    /// order.
     pub members: Vec<Member>,
+    /// Every `[[member]]`, removed ones included, in file order: what the initial
+    /// cluster lists are made of.
+    pub all_members: Vec<Member>,
     /// Things that work but are probably not what the operator wants.
     pub warnings: Vec<Diagnostic>,
 }
@@ -292,6 +305,8 @@ struct RawMember {
     address: Option<Spanned<String>>,
     hostname: Option<Spanned<String>>,
     extra_sans: Option<Vec<Spanned<String>>>,
+    joined: Option<Spanned<Vec<String>>>,
+    removed: Option<Spanned<bool>>,
 }
 
 /// Collects diagnostics against one source text.
@@ -563,7 +578,13 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
         data_dir: data_dir?,
         listen_localhost,
         cert_validity_days: cert_validity_days?,
-        members: members?,
+        members: members
+            .as_ref()?
+            .iter()
+            .filter(|m| !m.removed)
+            .cloned()
+            .collect(),
+        all_members: members?,
         warnings: Vec::new(),
     })
 }
@@ -971,21 +992,62 @@ fn check_members(
             }
         }
 
-        match (name, address, hostname, sans_ok) {
-            (Some(name), Some(address), Some(hostname), true) => members.push(Member {
-                name,
-                address,
-                hostname,
-                extra_sans,
-            }),
+        let joined = match &m.joined {
+            None => Some(None),
+            Some(j) => {
+                let earlier: Vec<&str> = members.iter().map(|m: &Member| m.name.as_str()).collect();
+                let unknown: Vec<&String> = j
+                    .get_ref()
+                    .iter()
+                    .filter(|n| !earlier.contains(&n.as_str()))
+                    .collect();
+                if j.get_ref().is_empty() || !unknown.is_empty() {
+                    c.error(
+                        &j.span(),
+                        &field("joined"),
+                        format!(
+                            "{unknown:?}: joined lists the names of members above this one, the cluster the member was added to (written by `provision member add`)"
+                        ),
+                    );
+                    None
+                } else {
+                    Some(Some(j.get_ref().clone()))
+                }
+            }
+        };
+        let removed = m.removed.as_ref().is_some_and(|r| *r.get_ref());
+
+        match (name, address, hostname, joined, sans_ok) {
+            (Some(name), Some(address), Some(hostname), Some(joined), true) => {
+                members.push(Member {
+                    name,
+                    address,
+                    hostname,
+                    extra_sans,
+                    joined,
+                    removed,
+                });
+            }
             _ => ok = false,
         }
     }
 
-    let n = raw.len();
+    let active: Vec<&Spanned<RawMember>> = raw
+        .iter()
+        .filter(|m| !m.get_ref().removed.as_ref().is_some_and(|r| *r.get_ref()))
+        .collect();
+    if active.is_empty() {
+        c.error(
+            &raw[0].span(),
+            "member",
+            "every member is removed: at least one must remain",
+        );
+        return None;
+    }
+    let n = active.len();
     if n.is_multiple_of(2) {
         c.warn(
-            &raw[0].span(),
+            &active[0].span(),
             "member",
             format!(
                 "{n} members: an even count tolerates no more failures than {} members (a majority of {n} is {}, so {} may fail), while every write waits for one more member; use {} or {} members",

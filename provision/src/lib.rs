@@ -7,6 +7,8 @@
 //! - [`dns`]: the SRV and address records a `bootstrap = "dns"` cluster needs;
 //! - [`discovery`]: discovery tokens for `bootstrap = "discovery"` (made fresh, never
 //!   reused);
+//! - [`membership`]: `member add` / `member remove` on the inventory of a running
+//!   cluster, and the etcdctl plan that goes with each;
 //! - [`bundle`]: where files go, their modes and owners, idempotent writing;
 //! - [`check`]: verifying an inventory and what was rendered from it, and with
 //!   `--dns` ([`check::dns`]) the records a DNS server actually serves.
@@ -16,6 +18,7 @@ pub mod check;
 pub mod discovery;
 pub mod dns;
 pub mod inventory;
+pub mod membership;
 pub mod pki;
 pub mod render;
 
@@ -172,6 +175,15 @@ pub fn render(inv: &Inventory, out: &Path, dry_run: bool) -> Result<Outcome, Err
     let mut rendered = build(inv, out, OffsetDateTime::now_utc())?;
     rendered.warnings.extend(note);
     let report = bundle::apply(out, &rendered.plan, dry_run)?;
+    Ok(Outcome { rendered, report })
+}
+
+/// Renders `inv` into `out` after a membership change: like [`render`], without
+/// asking a discovery service about the bootstrap token (a running cluster used it
+/// long ago; members added later do not use it).
+pub fn render_members(inv: &Inventory, out: &Path) -> Result<Outcome, Error> {
+    let rendered = build(inv, out, OffsetDateTime::now_utc())?;
+    let report = bundle::apply(out, &rendered.plan, false)?;
     Ok(Outcome { rendered, report })
 }
 

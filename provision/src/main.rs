@@ -41,6 +41,85 @@ enum Command {
     /// Discovery tokens for bootstrap = "discovery".
     #[command(subcommand)]
     Discovery(DiscoveryCommand),
+    /// Add members to or remove them from a running cluster.
+    #[command(subcommand)]
+    Member(MemberCommand),
+}
+
+#[derive(Subcommand)]
+enum MemberCommand {
+    Add(MemberAddArgs),
+    Remove(MemberRemoveArgs),
+}
+
+/// Add a member to the running cluster: inventory, certificates, bundle and plan.
+///
+/// Appends a [[member]] table for it to the inventory (the rest of the file is left
+/// as it is), with `joined` naming the members it joins. Its bundle is rendered with
+/// ETCD_INITIAL_CLUSTER_STATE=existing and ETCD_INITIAL_CLUSTER listing those members
+/// and itself — the values `etcdctl member add` prints — and with certificates from
+/// the cluster's CAs. The other members' bundles do not change.
+///
+/// Nothing is done to the cluster itself: the command prints the plan to run, adding
+/// the member as a learner, installing and starting it, and promoting it once it has
+/// caught up (with --voter, adding it as a voter straight away).
+///
+/// Running it again for the same name, address and hostname changes nothing and
+/// prints the plan again; the same name with another address is an error.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+#[command(after_help = "\
+Example:
+  provision member add infra3 --address 10.0.1.13 --hostname infra3.example.com \\
+      --inventory inventory.toml --out bundles")]
+struct MemberAddArgs {
+    /// The new member's name (its ETCD_NAME and bundle directory).
+    name: String,
+    /// The IP address it listens on and advertises.
+    #[arg(long)]
+    address: std::net::IpAddr,
+    /// Its DNS name (in its certificates).
+    #[arg(long)]
+    hostname: String,
+    /// Add it as a voter at once instead of as a learner promoted after catching up.
+    #[arg(long)]
+    voter: bool,
+    /// The inventory (TOML) describing the cluster; edited in place.
+    #[arg(short, long, value_name = "FILE")]
+    inventory: PathBuf,
+    /// The directory `provision render` renders the cluster into.
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+}
+
+/// Remove a member from the running cluster: inventory and plan.
+///
+/// Marks its [[member]] table `removed = true` (kept, so that the initial cluster the
+/// other members were rendered with stays as it was), renders the output directory
+/// again (the member's bundle is no longer rendered; nobody else's changes), and
+/// prints the plan: `etcdctl member remove`, then stop the host and wipe its data.
+///
+/// Refused without --force when the members left would be an even number, or too few
+/// to commit the removal while the member is down (a two-member cluster); removing
+/// the last member is always refused. Removing a removed member again changes nothing
+/// and prints the plan again.
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+#[command(after_help = "\
+Example:
+  provision member remove infra3 --inventory inventory.toml --out bundles")]
+struct MemberRemoveArgs {
+    /// The member to remove.
+    name: String,
+    /// Remove it even if that leaves an even member count or risks the quorum.
+    #[arg(long)]
+    force: bool,
+    /// The inventory (TOML) describing the cluster; edited in place.
+    #[arg(short, long, value_name = "FILE")]
+    inventory: PathBuf,
+    /// The directory `provision render` renders the cluster into.
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +250,8 @@ fn main() -> ExitCode {
         Command::Render(a) => render(a),
         Command::Check(a) => check(a),
         Command::Discovery(DiscoveryCommand::New(a)) => discovery_new(a),
+        Command::Member(MemberCommand::Add(a)) => member_add(a),
+        Command::Member(MemberCommand::Remove(a)) => member_remove(a),
     };
     match result {
         Ok(code) => code,
@@ -265,6 +346,97 @@ fn render(a: RenderArgs) -> anyhow::Result<ExitCode> {
             out.report.unchanged
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the edited inventory (when it changed) next to the old one and renames it
+/// into place, keeping the file's mode.
+fn save_inventory(path: &Path, edited: &provision::membership::Edited) -> anyhow::Result<()> {
+    if !edited.changed {
+        return Ok(());
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".provision-tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, &edited.text).with_context(|| format!("writing {}", tmp.display()))?;
+    if let Ok(meta) = std::fs::metadata(path) {
+        std::fs::set_permissions(&tmp, meta.permissions())
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
+/// Loads the edited inventory, renders it and reports what changed in `out`.
+fn render_after_edit(
+    path: &Path,
+    edited: &provision::membership::Edited,
+    out: &Path,
+) -> anyhow::Result<Inventory> {
+    let file = path.display().to_string();
+    let inv = Inventory::parse(&file, &edited.text)?;
+    // Render first: a configuration the daemon would refuse leaves the inventory alone.
+    let outcome = provision::render_members(&inv, out)
+        .with_context(|| format!("rendering {file} into {}", out.display()))?;
+    save_inventory(path, edited)?;
+    if edited.changed {
+        say!("updated {file}");
+    } else {
+        say!("{file} already describes this change: nothing to edit");
+    }
+    for note in &outcome.rendered.issued {
+        say!("  issued {note}");
+    }
+    for (p, change) in &outcome.report.changes {
+        let verb = match change {
+            Change::Created => "created",
+            Change::Updated => "updated",
+            Change::Permissions => "fixed mode/owner of",
+        };
+        say!("  {verb} {}", p.display());
+    }
+    for s in &outcome.report.stale {
+        say!("  left in place, no longer rendered: {}", s.display());
+    }
+    for w in inv
+        .warnings
+        .iter()
+        .map(ToString::to_string)
+        .chain(outcome.rendered.warnings.iter().cloned())
+    {
+        eprintln!("warning: {w}");
+    }
+    if let Some(note) = &outcome.report.owner_note
+        && !outcome.report.changes.is_empty()
+    {
+        eprintln!("note: {note}");
+    }
+    Ok(inv)
+}
+
+fn member_add(a: MemberAddArgs) -> anyhow::Result<ExitCode> {
+    let file = a.inventory.display().to_string();
+    let text = std::fs::read_to_string(&a.inventory).with_context(|| format!("reading {file}"))?;
+    let edited = provision::membership::add(&file, &text, &a.name, a.address, &a.hostname)?;
+    let inv = render_after_edit(&a.inventory, &edited, &a.out)?;
+    say!();
+    say!(
+        "{}",
+        provision::membership::add_plan(&inv, &a.name, &a.out, a.voter).trim_end()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn member_remove(a: MemberRemoveArgs) -> anyhow::Result<ExitCode> {
+    let file = a.inventory.display().to_string();
+    let text = std::fs::read_to_string(&a.inventory).with_context(|| format!("reading {file}"))?;
+    let edited = provision::membership::remove(&file, &text, &a.name, a.force)?;
+    let inv = render_after_edit(&a.inventory, &edited, &a.out)?;
+    say!();
+    say!(
+        "{}",
+        provision::membership::remove_plan(&inv, &a.name, &a.out).trim_end()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

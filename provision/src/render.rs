@@ -35,7 +35,7 @@ fn url(scheme: &str, ip: IpAddr, port: u16) -> String {
     format!("{scheme}://{}", SocketAddr::new(ip, port))
 }
 
-fn client_url(inv: &Inventory, m: &Member) -> String {
+pub fn client_url(inv: &Inventory, m: &Member) -> String {
     url(inv.tls.scheme(), m.address, inv.client_port)
 }
 
@@ -52,15 +52,31 @@ pub fn advertised_peer_url(inv: &Inventory, m: &Member) -> String {
     }
 }
 
-/// `name=peer-url,...` for all members, identical on every host. With DNS SRV
-/// discovery it is not rendered, but it is what the members will read from the
-/// records (under their real names), so validation checks against it.
+/// `name=peer-url,...` for the bootstrap members (those not added later with
+/// `provision member add`, removed ones included: this is what they started with),
+/// identical on every bootstrap host. With DNS SRV discovery it is not rendered, but
+/// it is what the members will read from the records (under their real names), so
+/// validation checks against it.
 pub fn initial_cluster(inv: &Inventory) -> String {
-    inv.members
-        .iter()
+    cluster_list(inv, inv.all_members.iter().filter(|m| m.joined.is_none()))
+}
+
+fn cluster_list<'a>(inv: &Inventory, members: impl Iterator<Item = &'a Member>) -> String {
+    members
         .map(|m| format!("{}={}", m.name, advertised_peer_url(inv, m)))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// The `ETCD_INITIAL_CLUSTER` of a member added to the running cluster: the members it
+/// joined and itself, in inventory order — what `etcdctl member add` prints.
+pub fn joined_cluster(inv: &Inventory, m: &Member, joined: &[String]) -> String {
+    cluster_list(
+        inv,
+        inv.all_members
+            .iter()
+            .filter(|o| o.name == m.name || joined.contains(&o.name)),
+    )
 }
 
 /// Member `m`'s environment, in file order.
@@ -84,8 +100,20 @@ pub fn env_vars(inv: &Inventory, m: &Member) -> Vec<(String, String)> {
         ),
         ("ETCD_ADVERTISE_CLIENT_URLS", client_url(inv, m)),
     ];
-    match &inv.bootstrap {
-        Bootstrap::Static => v.push(("ETCD_INITIAL_CLUSTER", initial_cluster(inv))),
+    // A member added to the running cluster finds it through the members it joined,
+    // whatever the bootstrap mode was.
+    let bootstrap = match &m.joined {
+        Some(_) => &Bootstrap::Static,
+        None => &inv.bootstrap,
+    };
+    match bootstrap {
+        Bootstrap::Static => v.push((
+            "ETCD_INITIAL_CLUSTER",
+            match &m.joined {
+                Some(joined) => joined_cluster(inv, m, joined),
+                None => initial_cluster(inv),
+            },
+        )),
         Bootstrap::Dns(srv) => {
             v.push(("ETCD_DISCOVERY_SRV", srv.domain.clone()));
             if let Some(name) = &srv.srv_name {
@@ -102,7 +130,15 @@ pub fn env_vars(inv: &Inventory, m: &Member) -> Vec<(String, String)> {
     }
     v.extend([
         ("ETCD_INITIAL_CLUSTER_TOKEN", inv.token.clone()),
-        ("ETCD_INITIAL_CLUSTER_STATE", "new".into()),
+        (
+            "ETCD_INITIAL_CLUSTER_STATE",
+            if m.joined.is_some() {
+                "existing"
+            } else {
+                "new"
+            }
+            .into(),
+        ),
     ]);
     let pki = |f: &str| format!("{}/{f}", layout::PKI_DIR);
     match inv.tls {

@@ -89,7 +89,7 @@ fn the_shipped_dns_example_is_valid() {
 fn unknown_keys() {
     assert_eq!(
         error(&edit(13, "adress = \"10.0.1.11\"")),
-        "inv.toml:13: member[1].adress: unknown field `adress`, expected one of `name`, `address`, `hostname`, `extra_sans`"
+        "inv.toml:13: member[1].adress: unknown field `adress`, expected one of `name`, `address`, `hostname`, `extra_sans`, `joined`, `removed`"
     );
     let e = error(&edit(4, "tls = \"none\"\nclient-port = 2379"));
     assert!(
