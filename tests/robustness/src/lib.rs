@@ -10,5 +10,6 @@
 pub mod history;
 pub mod linearizability;
 pub mod model;
+pub mod report;
 pub mod revisions;
 pub mod watch_check;
