@@ -10,6 +10,7 @@
 pub mod history;
 pub mod linearizability;
 pub mod model;
+pub mod netns;
 pub mod recorder;
 pub mod report;
 pub mod revisions;

@@ -14,8 +14,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use qetcd_robustness::recorder::{Load, Recording};
-use qetcd_robustness::report;
-use qetcd_tests::{Binary, Cluster, wait_until};
+use qetcd_robustness::{netns, report};
+use qetcd_tests::netns::Hosts;
+use qetcd_tests::{Binary, Cluster, Member, Output, wait_until};
 
 /// Search steps per key before the linearizability check gives up (a failure).
 const MAX_STEPS: u64 = 20_000_000;
@@ -33,42 +34,125 @@ fn reports_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("robustness")
 }
 
+/// Where the members run.
+enum Net {
+    /// Each on a loopback address of its own; the clients in the test process.
+    Loopback,
+    /// Each on a host of its own (a network namespace on a bridge), the clients on a
+    /// fourth host: a host can then be cut off.
+    Hosts,
+}
+
+/// The client host's index in [`Net::Hosts`].
+const CLIENT_HOST: usize = 3;
+
 /// A cluster under recorded load.
 struct Run {
     name: &'static str,
+    /// Before `hosts`: the members leave their namespaces before those go.
     cluster: Cluster,
     /// Member IDs, by index (learned while every member answers).
     ids: Vec<u64>,
     rt: tokio::runtime::Runtime,
     recording: Option<Recording>,
     started: Instant,
+    hosts: Option<Hosts>,
 }
 
 impl Run {
-    fn start(name: &'static str) -> Run {
-        let specs = Cluster::specs(&format!("{name}-"), 3, &format!("robustness-{name}"));
-        let cluster = Cluster::start(Binary::Qetcd, specs);
-        let ids = (0..3).map(|i| cluster.member_id(i)).collect();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let endpoints = cluster.members.iter().map(|m| m.client_url()).collect();
-        let recording = {
-            let _guard = rt.enter();
-            Recording::start(endpoints, Load::default())
+    fn start(name: &'static str, net: Net) -> Run {
+        let token = format!("robustness-{name}");
+        let (cluster, hosts, rt) = match net {
+            Net::Loopback => {
+                let specs = Cluster::specs(&format!("{name}-"), 3, &token);
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                (Cluster::start(Binary::Qetcd, specs), None, rt)
+            }
+            Net::Hosts => {
+                let hosts = Hosts::create(&["10.0.7.10", "10.0.7.11", "10.0.7.12", "10.0.7.20"]);
+                let specs = Cluster::specs_with(&format!("{name}-"), 3, &token, |s| {
+                    let i: usize = s
+                        .name
+                        .rsplit('-')
+                        .next()
+                        .and_then(|i| i.parse().ok())
+                        .expect("member index");
+                    s.ip = hosts.addresses[i].clone();
+                    s.netns = Some(hosts.namespaces[i].clone());
+                });
+                let cluster = Cluster {
+                    members: specs
+                        .into_iter()
+                        .map(|s| Member::spawn(Binary::Qetcd, s))
+                        .collect(),
+                };
+                let rt = netns::runtime_in(&hosts.namespaces[CLIENT_HOST], 2)
+                    .expect("tokio runtime on the client host");
+                (cluster, Some(hosts), rt)
+            }
         };
-        let run = Run {
+        let mut run = Run {
             name,
             cluster,
-            ids,
+            ids: Vec::new(),
             rt,
-            recording: Some(recording),
+            recording: None,
             started: Instant::now(),
+            hosts,
         };
+        for i in 0..3 {
+            run.wait_healthy(i);
+        }
+        run.ids = (0..3)
+            .map(|i| {
+                let v: serde_json::Value = serde_json::from_str(&run.status(i).stdout)
+                    .unwrap_or_else(|e| panic!("{name}: endpoint status of member {i}: {e}"));
+                v[0]["Status"]["header"]["member_id"]
+                    .as_u64()
+                    .expect("member id")
+            })
+            .collect();
+        let endpoints = run.cluster.members.iter().map(|m| m.client_url()).collect();
+        run.recording = {
+            let _guard = run.rt.enter();
+            Some(Recording::start(endpoints, Load::default()))
+        };
+        run.started = Instant::now();
         run.wait_for_progress("warm-up", WARM_UP_OPS);
         run
+    }
+
+    /// etcdctl against member `i` alone, from where the clients are.
+    fn etcdctl(&self, i: usize, args: &[&str]) -> Output {
+        let url = self.cluster.members[i].client_url();
+        match &self.hosts {
+            None => self.cluster.members[i].etcdctl().run(args),
+            Some(hosts) => hosts.etcdctl(CLIENT_HOST, &url, args),
+        }
+    }
+
+    fn status(&self, i: usize) -> Output {
+        self.etcdctl(
+            i,
+            &["endpoint", "status", "-w", "json", "--command-timeout=2s"],
+        )
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        wait_until(
+            &format!("member {i} to report healthy"),
+            Duration::from_secs(30),
+            || {
+                self.etcdctl(i, &["endpoint", "health", "--command-timeout=2s"])
+                    .success
+                    .then_some(())
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", self.name));
     }
 
     fn recording(&self) -> &Recording {
@@ -92,13 +176,7 @@ impl Run {
     fn leader(&self, among: &[usize], not: Option<usize>) -> Option<usize> {
         let mut agreed = None;
         for &i in among {
-            let out = self.cluster.members[i].etcdctl().run(&[
-                "endpoint",
-                "status",
-                "-w",
-                "json",
-                "--command-timeout=2s",
-            ]);
+            let out = self.status(i);
             let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
             let leader = v[0]["Status"]["leader"].as_u64().filter(|l| *l != 0)?;
             let index = self.ids.iter().position(|id| *id == leader)?;
@@ -133,9 +211,12 @@ impl Run {
         }
         let load_time = self.started.elapsed();
         let recording = self.recording.take().expect("recording");
+        // On a worker thread: those are where the clients' network is.
+        let finishing = self.rt.spawn(recording.finish(Duration::from_secs(30)));
         let history = self
             .rt
-            .block_on(recording.finish(Duration::from_secs(30)))
+            .block_on(finishing)
+            .expect("the recording's last task")
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.name));
         if std::env::var_os("QETCD_ROBUSTNESS_KEEP").is_some_and(|v| v == "1") {
             let findings = report::check(&history, MAX_STEPS);
@@ -163,14 +244,14 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 #[test]
 fn leader_killed_and_restarted() {
     let _serial = serial();
-    let mut run = Run::start("kill-leader");
+    let mut run = Run::start("kill-leader", Net::Loopback);
     let leader = run.wait_for_leader(&[0, 1, 2], None);
     run.cluster.members[leader].kill9();
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     run.wait_for_leader(&others, Some(leader));
     run.wait_for_progress("with the old leader dead", 300);
     run.cluster.members[leader].relaunch();
-    run.cluster.members[leader].wait_healthy();
+    run.wait_healthy(leader);
     run.wait_for_leader(&[0, 1, 2], None);
     run.finish();
 }
@@ -180,7 +261,7 @@ fn leader_killed_and_restarted() {
 #[test]
 fn leader_paused_past_an_election_timeout() {
     let _serial = serial();
-    let run = Run::start("pause-leader");
+    let run = Run::start("pause-leader", Net::Loopback);
     let leader = run.wait_for_leader(&[0, 1, 2], None);
     run.cluster.members[leader].signal("STOP");
     let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
@@ -195,7 +276,7 @@ fn leader_paused_past_an_election_timeout() {
 #[test]
 fn all_members_killed_at_once() {
     let _serial = serial();
-    let mut run = Run::start("kill-all");
+    let mut run = Run::start("kill-all", Net::Loopback);
     for m in &mut run.cluster.members {
         m.kill9();
     }
@@ -204,9 +285,30 @@ fn all_members_killed_at_once() {
     for m in &mut run.cluster.members {
         m.relaunch();
     }
-    for m in &run.cluster.members {
-        m.wait_healthy();
+    for i in 0..3 {
+        run.wait_healthy(i);
     }
+    run.wait_for_leader(&[0, 1, 2], None);
+    run.finish();
+}
+
+/// The leader's host is cut off from the others and from the clients (its link goes
+/// down) until the others have elected a new leader and served load, then comes back.
+/// Needs root and iproute2 (`QETCD_SKIP_NETNS=1` skips it).
+#[test]
+fn leader_isolated_by_a_partition() {
+    if !qetcd_tests::netns::required() {
+        return;
+    }
+    let _serial = serial();
+    let run = Run::start("partition-leader", Net::Hosts);
+    let leader = run.wait_for_leader(&[0, 1, 2], None);
+    let hosts = run.hosts.as_ref().expect("hosts");
+    hosts.set_link(leader, false);
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    run.wait_for_leader(&others, Some(leader));
+    run.wait_for_progress("with the old leader cut off", 300);
+    hosts.set_link(leader, true);
     run.wait_for_leader(&[0, 1, 2], None);
     run.finish();
 }
