@@ -94,6 +94,10 @@ pub struct MemberSpec {
     pub peer_scheme: String,
     /// Global etcdctl flags this member's clients need (`--cacert`, `--cert`, ...).
     pub etcdctl_args: Vec<String>,
+    /// The network namespace to run in (`ip netns exec`; see [`crate::netns::Hosts`]),
+    /// with `ip` one of its addresses. Its client URL is then out of the test's reach:
+    /// ask from a namespace on the same bridge ([`crate::netns::Hosts::etcdctl`]).
+    pub netns: Option<String>,
 }
 
 impl MemberSpec {
@@ -110,6 +114,7 @@ impl MemberSpec {
             client_scheme: "http".into(),
             peer_scheme: "http".into(),
             etcdctl_args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -251,7 +256,15 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(self.binary.require());
+        // `ip netns exec` execs the server: the child's pid is the server's.
+        let mut cmd = match &self.spec.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(self.binary.require());
+                c
+            }
+            None => Command::new(self.binary.require()),
+        };
         cmd.args(self.spec.args(&self.data_dir))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))

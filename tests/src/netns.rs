@@ -39,6 +39,8 @@ pub struct Hosts {
     bridge: String,
     pub namespaces: Vec<String>,
     pub addresses: Vec<String>,
+    /// Each host's end of its veth pair (inside its namespace).
+    links: Vec<String>,
 }
 
 impl Hosts {
@@ -54,6 +56,7 @@ impl Hosts {
             bridge: format!("qbr{tag}"),
             namespaces: Vec::new(),
             addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            links: Vec::new(),
         };
         must(&["link", "add", &hosts.bridge, "type", "bridge"]);
         must(&["link", "set", &hosts.bridge, "up"]);
@@ -66,6 +69,7 @@ impl Hosts {
                 "link", "add", &host_end, "type", "veth", "peer", "name", &ns_end,
             ]);
             must(&["link", "set", &ns_end, "netns", &ns]);
+            hosts.links.push(ns_end.clone());
             must(&["link", "set", &host_end, "master", &hosts.bridge]);
             must(&["link", "set", &host_end, "up"]);
             must(&[
@@ -95,6 +99,19 @@ impl Hosts {
             )
             .expect("write resolv.conf");
         }
+    }
+
+    /// Takes host `i` off the bridge (`up: false`: its link goes down, so nothing gets
+    /// in or out) or puts it back. Whatever state it is left in goes with the hosts.
+    pub fn set_link(&self, i: usize, up: bool) {
+        must(&[
+            "-n",
+            &self.namespaces[i],
+            "link",
+            "set",
+            &self.links[i],
+            if up { "up" } else { "down" },
+        ]);
     }
 
     /// A command that runs inside host `i`.

@@ -1,6 +1,7 @@
-//! The robustness tier: a three-member qetcd cluster on network namespaces of its own,
-//! concurrent etcd clients recording every call and return, one injected fault per run,
-//! and checkers that read the recording afterwards.
+//! The robustness tier: a three-member qetcd cluster (on loopback, or on network
+//! namespaces of its own when a host is to be cut off), concurrent etcd clients and
+//! watchers recording every call and return ([`recorder`]), one injected fault per run
+//! (`tests/faults.rs`), and checkers that read the recording afterwards.
 //!
 //! The checkers trust nothing but the history: [`linearizability`] (per key, with the
 //! etcd model in [`model`]), [`revisions`] (the one global revision counter, across
@@ -10,5 +11,8 @@
 pub mod history;
 pub mod linearizability;
 pub mod model;
+pub mod netns;
+pub mod recorder;
+pub mod report;
 pub mod revisions;
 pub mod watch_check;
