@@ -324,6 +324,22 @@ fn leader_killed_and_restarted() {
     run.finish();
 }
 
+/// A follower dies (SIGKILL) while the other two carry the load, then restarts on its
+/// data directory and catches up.
+#[test]
+fn follower_killed_and_restarted() {
+    let _serial = serial();
+    let mut run = Run::start("kill-follower", Net::Loopback);
+    let leader = run.wait_for_leader(&[0, 1, 2], None);
+    let follower = (leader + 1) % 3;
+    run.cluster.members[follower].kill9();
+    run.wait_for_progress("with a follower dead", 300);
+    run.cluster.members[follower].relaunch();
+    run.wait_healthy(follower);
+    run.wait_for_leader(&[0, 1, 2], None);
+    run.finish();
+}
+
 /// The leader is paused (SIGSTOP) until the others have elected a new leader, so past
 /// an election timeout, then continued: it comes back a follower with stale beliefs.
 #[test]
