@@ -158,6 +158,15 @@ pub struct HostProcess {
 }
 
 impl HostProcess {
+    /// The logs of several processes, for a failure message.
+    pub fn all_logs(processes: &[HostProcess]) -> String {
+        processes
+            .iter()
+            .map(HostProcess::logs)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
     pub fn spawn(mut cmd: Command, log: PathBuf) -> HostProcess {
         let file = std::fs::File::create(&log).expect("log file");
         for (k, _) in std::env::vars() {

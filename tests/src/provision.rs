@@ -112,6 +112,14 @@ impl Drop for MountPoints {
     }
 }
 
+/// Starts the example inventory's members infra0..infra`n-1` from their bundles, one
+/// per host (see [`start_member`]).
+pub fn start_members(hosts: &Hosts, n: usize, out: &Path, work: &Path) -> Vec<HostProcess> {
+    (0..n)
+        .map(|i| start_member(hosts, i, &format!("infra{i}"), out, work))
+        .collect()
+}
+
 /// Installs the bundle of member `name` (rendered into `out`) at its real paths on
 /// host `i` and starts qetcd with nothing but the env file, as systemd's
 /// `EnvironmentFile=` would: a mount namespace of its own (inside the host's network

@@ -148,14 +148,6 @@ fn records(sets: &[(&str, u16)]) -> String {
     s
 }
 
-fn logs(members: &[HostProcess]) -> String {
-    members
-        .iter()
-        .map(HostProcess::logs)
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
-
 /// Waits until etcdctl, finding the members through `discovery`, says all are
 /// healthy; returns (cluster ID, member IDs by name) from `endpoint status` and
 /// `member list`, checking the rows against what SRV discovery must give.
@@ -177,7 +169,7 @@ fn formed_cluster(
         panic!(
             "{e}\n{:?}\n{}\ndnsmasq:\n{}",
             net.etcdctl(0, &health),
-            logs(members),
+            HostProcess::all_logs(members),
             net.dns.logs()
         )
     });
@@ -197,7 +189,7 @@ fn formed_cluster(
                 .then_some((json, members))
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(members)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", HostProcess::all_logs(members)));
     let (json, rows) = rows;
     let cluster_id = json["header"]["cluster_id"].as_u64().unwrap();
     let mut ids = Vec::new();
@@ -377,7 +369,7 @@ fn without_a_peer_ca_peer_certificates_must_name_the_domain() {
                 .then_some(())
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&wrong)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", HostProcess::all_logs(&wrong)));
     assert!(
         !net.etcdctl(0, &["--discovery-srv", DOMAIN, "endpoint", "health"])
             .success
@@ -460,7 +452,7 @@ fn records_published_after_the_members_started_still_form_a_cluster() {
                 .then_some(())
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&members)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", HostProcess::all_logs(&members)));
     let Net { hosts, dns, .. } = &mut net;
     dns.serve(
         hosts,

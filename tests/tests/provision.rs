@@ -13,7 +13,7 @@ use std::time::Duration;
 use qetcd_tests::member::Binary;
 use qetcd_tests::netns::{self, HostProcess, Hosts};
 use qetcd_tests::provision::{
-    self, MountPoints, etcdctl, etcdctl_after, provision, render, start_member,
+    self, MountPoints, etcdctl, etcdctl_after, provision, render, start_members,
 };
 use qetcd_tests::wait_until;
 
@@ -359,9 +359,7 @@ fn cluster_from_bundles(inventory: &Path, scheme: &str) {
     );
 
     let hosts = Hosts::create(&ADDRESSES);
-    let members: Vec<HostProcess> = (0..3)
-        .map(|i| start_member(&hosts, i, &format!("infra{i}"), &out, work.path()))
-        .collect();
+    let members: Vec<HostProcess> = start_members(&hosts, 3, &out, work.path());
 
     wait_until(
         "the rendered cluster to be healthy",

@@ -10,21 +10,13 @@ use std::time::Duration;
 
 use qetcd_tests::member::Binary;
 use qetcd_tests::netns::{self, HostProcess, Hosts};
-use qetcd_tests::provision::{MountPoints, etcdctl, example, provision_on, start_member};
+use qetcd_tests::provision::{MountPoints, etcdctl, example, provision_on, start_members};
 use qetcd_tests::wait_until;
 
 /// Hosts 0..3 are members infra0..infra2 (the example's addresses); host 3 is the
 /// discovery service.
 const ADDRESSES: [&str; 4] = ["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.2"];
 const SERVICE: usize = 3;
-
-fn logs(members: &[HostProcess]) -> String {
-    members
-        .iter()
-        .map(HostProcess::logs)
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
 
 #[test]
 fn a_discovery_inventory_boots_a_tls_cluster_through_a_fresh_token() {
@@ -106,15 +98,19 @@ fn a_discovery_inventory_boots_a_tls_cluster_through_a_fresh_token() {
     );
     assert!(!env.contains("ETCD_INITIAL_CLUSTER="), "{env}");
 
-    let members: Vec<HostProcess> = (0..3)
-        .map(|i| start_member(&hosts, i, &format!("infra{i}"), &out, work.path()))
-        .collect();
+    let members: Vec<HostProcess> = start_members(&hosts, 3, &out, work.path());
     wait_until(
         "the cluster bootstrapped through the token to be healthy",
         Duration::from_secs(60),
         || (etcdctl(&hosts, 0, &out, "endpoint health --cluster").code == Some(0)).then_some(()),
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}\n{}", logs(&members), service.logs()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            HostProcess::all_logs(&members),
+            service.logs()
+        )
+    });
     let rows = wait_until(
         "every member to publish its name",
         Duration::from_secs(30),
@@ -130,7 +126,7 @@ fn a_discovery_inventory_boots_a_tls_cluster_through_a_fresh_token() {
                 .then_some(rows)
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&members)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", HostProcess::all_logs(&members)));
     let expect: Vec<String> = (0..3)
         .map(|i| {
             format!("started, infra{i}, https://10.0.1.1{i}:2380, https://10.0.1.1{i}:2379, false")

@@ -10,21 +10,13 @@ use std::time::Duration;
 
 use qetcd_tests::member::Binary;
 use qetcd_tests::netns::{self, Dnsmasq, HostProcess, Hosts};
-use qetcd_tests::provision::{MountPoints, etcdctl, example, provision_on, render, start_member};
+use qetcd_tests::provision::{MountPoints, etcdctl, example, provision_on, render, start_members};
 use qetcd_tests::wait_until;
 
 const DOMAIN: &str = "example.com";
 /// Hosts 0..3 are members infra0..infra2 (the example's addresses); host 3 serves DNS.
 const ADDRESSES: [&str; 4] = ["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.2"];
 const DNS_HOST: usize = 3;
-
-fn logs(members: &[HostProcess]) -> String {
-    members
-        .iter()
-        .map(HostProcess::logs)
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-}
 
 #[test]
 fn a_dns_inventory_boots_a_tls_cluster_from_its_rendered_records() {
@@ -58,9 +50,7 @@ fn a_dns_inventory_boots_a_tls_cluster_from_its_rendered_records() {
     let hosts = Hosts::create(&ADDRESSES);
     hosts.use_nameserver(ADDRESSES[DNS_HOST]);
     let mut dns = Dnsmasq::start(&hosts, DNS_HOST, DOMAIN, &records, work.path());
-    let members: Vec<HostProcess> = (0..3)
-        .map(|i| start_member(&hosts, i, &format!("infra{i}"), &out, work.path()))
-        .collect();
+    let members: Vec<HostProcess> = start_members(&hosts, 3, &out, work.path());
 
     // Every member, found through the member list, answers.
     wait_until(
@@ -74,7 +64,7 @@ fn a_dns_inventory_boots_a_tls_cluster_from_its_rendered_records() {
             "{e}\netcdctl: {}{}\n{}\ndnsmasq:\n{}",
             last.stdout,
             last.stderr,
-            logs(&members),
+            HostProcess::all_logs(&members),
             dns.logs()
         )
     });
@@ -94,7 +84,7 @@ fn a_dns_inventory_boots_a_tls_cluster_from_its_rendered_records() {
                 .then_some(rows)
         },
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", logs(&members)));
+    .unwrap_or_else(|e| panic!("{e}\n{}", HostProcess::all_logs(&members)));
     let expect: Vec<String> = (0..3)
         .map(|i| {
             format!(

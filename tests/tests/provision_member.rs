@@ -10,7 +10,7 @@ use std::time::Duration;
 use qetcd_tests::member::Binary;
 use qetcd_tests::netns::{self, HostProcess, Hosts};
 use qetcd_tests::provision::{
-    self, MountPoints, etcdctl, etcdctl_after, provision, render, start_member,
+    self, MountPoints, etcdctl, etcdctl_after, provision, render, start_member, start_members,
 };
 use qetcd_tests::wait_until;
 
@@ -38,9 +38,7 @@ fn a_fourth_member_joins_from_the_bundle_member_add_renders() {
     render(&inventory, &out);
 
     let hosts = Hosts::create(&ADDRESSES);
-    let mut members: Vec<HostProcess> = (0..3)
-        .map(|i| start_member(&hosts, i, &format!("infra{i}"), &out, work.path()))
-        .collect();
+    let mut members: Vec<HostProcess> = start_members(&hosts, 3, &out, work.path());
     let logs = |members: &[HostProcess]| {
         members
             .iter()
