@@ -269,3 +269,23 @@ impl std::fmt::Display for Summary {
         )
     }
 }
+
+/// A completed operation of its own client on member 0, for the checkers' unit tests.
+#[cfg(test)]
+pub(crate) fn ok_op(
+    id: usize,
+    call: u64,
+    ret: u64,
+    request: Request,
+    response: Response,
+) -> Operation {
+    Operation {
+        id,
+        client: id,
+        member: 0,
+        call,
+        ret,
+        request,
+        outcome: Outcome::Ok(response),
+    }
+}

@@ -157,19 +157,9 @@ pub fn check_or_report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Outcome, Request, Response};
+    use crate::history::{Request, Response};
 
-    fn op(id: usize, call: u64, ret: u64, request: Request, response: Response) -> Operation {
-        Operation {
-            id,
-            client: id,
-            member: 0,
-            call,
-            ret,
-            request,
-            outcome: Outcome::Ok(response),
-        }
-    }
+    use crate::history::ok_op as op;
 
     /// A read that misses an acknowledged write is reported, with its window, in a file.
     #[test]

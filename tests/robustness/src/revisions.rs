@@ -79,19 +79,9 @@ pub fn check(history: &History) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::{Outcome, Request, Response};
+    use crate::history::{Request, Response};
 
-    fn op(id: usize, call: u64, ret: u64, request: Request, response: Response) -> Operation {
-        Operation {
-            id,
-            client: id,
-            member: 0,
-            call,
-            ret,
-            request,
-            outcome: Outcome::Ok(response),
-        }
-    }
+    use crate::history::ok_op as op;
 
     fn put(id: usize, call: u64, ret: u64, key: &str, rev: i64) -> Operation {
         op(
