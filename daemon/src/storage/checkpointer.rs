@@ -67,7 +67,7 @@ fn open(state_db: &std::path::Path) -> Result<rusqlite::Connection, StorageError
         "ATTACH DATABASE ?1 AS log",
         rusqlite::params![super::log_db_path(state_db).to_string_lossy()],
     )?;
-    // A truncating checkpoint waits this long for running reads to finish.
+    // A restarting checkpoint waits this long for running reads to finish.
     conn.busy_timeout(Duration::from_secs(1))?;
     Ok(conn)
 }

@@ -100,6 +100,20 @@ enum Failure {
     Fatal(DiscoveryError),
 }
 
+/// The answer to one call on `endpoint` within `timeout`; an error status or no answer
+/// in time is a failure to retry, naming the endpoint.
+async fn answered<T>(
+    endpoint: &str,
+    timeout: std::time::Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
+    match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(r)) => Ok(r.into_inner()),
+        Ok(Err(s)) => Err(Failure::Retry(format!("{endpoint}: {}", s.message()))),
+        Err(_) => Err(Failure::Retry(format!("{endpoint}: request timed out"))),
+    }
+}
+
 pub struct Discovery {
     cfg: crate::config::DiscoveryClient,
     endpoints: Vec<String>,
@@ -178,19 +192,7 @@ impl Discovery {
         let conn = self.connection().await?;
         let timeout = self.cfg.request_timeout;
         let mut kv = KvClient::new(conn.channel.clone());
-        let call = kv.range(conn.request(req));
-        match tokio::time::timeout(timeout, call).await {
-            Ok(Ok(r)) => Ok(r.into_inner()),
-            Ok(Err(s)) => Err(Failure::Retry(format!(
-                "{}: {}",
-                conn.endpoint,
-                s.message()
-            ))),
-            Err(_) => Err(Failure::Retry(format!(
-                "{}: request timed out",
-                conn.endpoint
-            ))),
-        }
+        answered(&conn.endpoint, timeout, kv.range(conn.request(req))).await
     }
 
     /// The size, the registrations and the revision they were read at.
@@ -259,18 +261,9 @@ impl Discovery {
                 };
                 let mut kv = KvClient::new(conn.channel.clone());
                 let call = kv.put(conn.request(put));
-                match tokio::time::timeout(self.cfg.request_timeout, call).await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err(s)) => Err(Failure::Retry(format!(
-                        "{}: {}",
-                        conn.endpoint,
-                        s.message()
-                    ))),
-                    Err(_) => Err(Failure::Retry(format!(
-                        "{}: request timed out",
-                        conn.endpoint
-                    ))),
-                }
+                answered(&conn.endpoint, self.cfg.request_timeout, call)
+                    .await
+                    .map(|_| ())
             }
             .await;
             match attempt {
