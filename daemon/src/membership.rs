@@ -99,10 +99,89 @@ pub fn update_peer_urls(
     Ok(())
 }
 
+/// Removes a member for good: its ID is recorded so that it can never return.
 pub fn remove(conn: &Connection, id: u64) -> Result<(), StorageError> {
     conn.prepare_cached("DELETE FROM members WHERE id = ?1")?
         .execute(params![id as i64])?;
+    conn.prepare_cached("INSERT OR IGNORE INTO members_removed (id) VALUES (?1)")?
+        .execute(params![id as i64])?;
     Ok(())
+}
+
+/// Whether `id` belonged to a member that was removed (etcd's `membership: ID removed`).
+pub fn is_removed(conn: &Connection, id: u64) -> Result<bool, StorageError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM members_removed WHERE id = ?1")?
+        .exists(params![id as i64])?)
+}
+
+/// Whether a member other than `id` advertises one of `peer_urls`.
+fn peer_urls_taken(conn: &Connection, id: u64, peer_urls: &[String]) -> Result<bool, StorageError> {
+    Ok(list(conn)?
+        .iter()
+        .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u))))
+}
+
+/// Why a committed membership change must not take effect, checked again when it is
+/// applied (etcd's `ValidateConfigurationChange`): the checks made when it was proposed
+/// may be stale by then, as when two members each accepted a change for the same URL.
+/// Every member decides alike, from the same applied state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedChange {
+    /// `membership: ID removed`.
+    IdRemoved,
+    /// `membership: ID exists`: a voter added again.
+    IdExists,
+    /// `membership: ID not found`.
+    IdNotFound,
+    /// `membership: peerURL exists`.
+    PeerUrlExists,
+}
+
+impl std::fmt::Display for RefusedChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RefusedChange::IdRemoved => "membership: ID removed",
+            RefusedChange::IdExists => "membership: ID exists",
+            RefusedChange::IdNotFound => "membership: ID not found",
+            RefusedChange::PeerUrlExists => "membership: peerURL exists",
+        })
+    }
+}
+
+/// The check of an added member: a voter (`learner` false) or a learner, with the
+/// peer URLs its conf change carries (`None`: a voter added for an existing learner,
+/// i.e. a promotion).
+pub fn check_add(
+    conn: &Connection,
+    id: u64,
+    learner: bool,
+    peer_urls: Option<&[String]>,
+) -> Result<Result<(), RefusedChange>, StorageError> {
+    if is_removed(conn, id)? {
+        return Ok(Err(RefusedChange::IdRemoved));
+    }
+    let existing = list(conn)?.into_iter().find(|m| m.id == id);
+    Ok(match existing {
+        // Promotion: a voter added for a member that is a learner.
+        Some(m) if m.is_learner && !learner => Ok(()),
+        Some(_) => Err(RefusedChange::IdExists),
+        None => match peer_urls {
+            None => Err(RefusedChange::IdNotFound),
+            Some(urls) if peer_urls_taken(conn, id, urls)? => Err(RefusedChange::PeerUrlExists),
+            Some(_) => Ok(()),
+        },
+    })
+}
+
+pub fn check_remove(conn: &Connection, id: u64) -> Result<Result<(), RefusedChange>, StorageError> {
+    Ok(if is_removed(conn, id)? {
+        Err(RefusedChange::IdRemoved)
+    } else if !exists(conn, id)? {
+        Err(RefusedChange::IdNotFound)
+    } else {
+        Ok(())
+    })
 }
 
 /// Records a member's published name and client URLs. A member no longer in the

@@ -189,22 +189,22 @@ impl StateMachine {
                         StorageError::Corrupt(format!("conf change {}: {e}", entry.index))
                     })?;
                 let change = raft_proto::ConfChangeI::into_v2(cc);
-                self.apply_membership(conn, &change)?;
-                Some(ConfChangeEntry {
-                    index: entry.index,
-                    change,
-                })
+                self.apply_membership(conn, entry.index, &change)?
+                    .then_some(ConfChangeEntry {
+                        index: entry.index,
+                        change,
+                    })
             }
             EntryType::EntryConfChangeV2 => {
                 let change: ConfChangeV2 = protobuf::Message::parse_from_bytes(entry.data.as_ref())
                     .map_err(|e| {
                         StorageError::Corrupt(format!("conf change {}: {e}", entry.index))
                     })?;
-                self.apply_membership(conn, &change)?;
-                Some(ConfChangeEntry {
-                    index: entry.index,
-                    change,
-                })
+                self.apply_membership(conn, entry.index, &change)?
+                    .then_some(ConfChangeEntry {
+                        index: entry.index,
+                        change,
+                    })
             }
         };
         self.applied_index = entry.index;
@@ -226,7 +226,16 @@ impl StateMachine {
         Ok(())
     }
 
-    fn apply_membership(&self, conn: &Connection, cc: &ConfChangeV2) -> Result<(), StorageError> {
+    /// Applies a committed membership change to the member table, or refuses it, as
+    /// etcd does, when the applied state no longer allows it (see
+    /// [`membership::RefusedChange`]); a refused change does not reach Raft either.
+    /// Returns whether it took effect.
+    fn apply_membership(
+        &self,
+        conn: &Connection,
+        index: u64,
+        cc: &ConfChangeV2,
+    ) -> Result<bool, StorageError> {
         let record =
             if cc.context.is_empty() {
                 None
@@ -235,6 +244,29 @@ impl StateMachine {
                     StorageError::Corrupt(format!("conf change member record: {e}"))
                 })?)
             };
+        for single in cc.get_changes() {
+            let id = single.node_id;
+            let verdict = match single.get_change_type() {
+                ConfChangeType::RemoveNode => membership::check_remove(conn, id)?,
+                kind => {
+                    let urls = record
+                        .as_ref()
+                        .filter(|r| r.id == id)
+                        .map(|r| r.peer_urls.as_slice());
+                    membership::check_add(conn, id, kind == ConfChangeType::AddLearnerNode, urls)?
+                }
+            };
+            if let Err(refused) = verdict {
+                tracing::warn!(
+                    index,
+                    member_id = %format!("{id:x}"),
+                    change = ?single.get_change_type(),
+                    error = %refused,
+                    "refused a committed membership change"
+                );
+                return Ok(false);
+            }
+        }
         for single in cc.get_changes() {
             match single.get_change_type() {
                 ConfChangeType::RemoveNode => membership::remove(conn, single.node_id)?,
@@ -250,7 +282,7 @@ impl StateMachine {
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Applies one request; the error of a failed one goes to the waiting client, while
@@ -410,6 +442,73 @@ mod tests {
         assert_eq!(sm.revisions().current, 3, "two puts, not three");
         assert_eq!(done.iter().map(|c| c.id).collect::<Vec<_>>(), [100, 101]);
         assert_eq!(sm.applied_index(), 3);
+    }
+
+    fn conf_entry(index: u64, kind: ConfChangeType, id: u64, url: Option<&str>) -> Entry {
+        let mut cc = ConfChangeV2::default();
+        let mut single = raft::prelude::ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = id;
+        cc.mut_changes().push(single);
+        if let Some(url) = url {
+            let record = MemberRecord {
+                id,
+                peer_urls: vec![url.to_string()],
+                is_learner: kind == ConfChangeType::AddLearnerNode,
+                ..Default::default()
+            };
+            cc.context = record.encode_to_vec().into();
+        }
+        let mut e = Entry {
+            index,
+            term: 1,
+            data: protobuf::Message::write_to_bytes(&cc).unwrap().into(),
+            ..Default::default()
+        };
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        e
+    }
+
+    #[test]
+    fn membership_changes_are_checked_again_when_applied() {
+        use ConfChangeType::*;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
+        let mut sm = StateMachine::load(&conn, 7).unwrap();
+        let mut done = Vec::new();
+        let mut apply = |index, kind, id, url| {
+            sm.apply(&conn, &conf_entry(index, kind, id, url), &mut done)
+                .unwrap()
+                .is_some()
+        };
+        assert!(apply(1, AddNode, 7, Some("https://a:2380")));
+        assert!(apply(2, AddLearnerNode, 8, Some("https://b:2380")));
+        // Another member with a URL already taken (two adds racing on two members).
+        assert!(!apply(3, AddLearnerNode, 9, Some("https://b:2380")));
+        // A voter again, a learner added twice, a promotion of nobody.
+        assert!(!apply(4, AddNode, 7, Some("https://a:2380")));
+        assert!(!apply(5, AddLearnerNode, 8, Some("https://b:2380")));
+        assert!(!apply(6, AddNode, 10, None));
+        // Promotion of the learner, then its removal: it never comes back, not even
+        // as a learner or at another URL, and cannot be removed twice.
+        assert!(apply(7, AddNode, 8, None));
+        assert!(apply(8, RemoveNode, 8, None));
+        assert!(!apply(9, AddLearnerNode, 8, Some("https://c:2380")));
+        assert!(!apply(10, RemoveNode, 8, None));
+        // Its URL is free again for a new member.
+        assert!(apply(11, AddLearnerNode, 11, Some("https://b:2380")));
+        let ids: Vec<u64> = membership::list(&conn)
+            .unwrap()
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(ids, [7, 11]);
+        assert!(membership::is_removed(&conn, 8).unwrap());
+        assert_eq!(
+            sm.applied_index(),
+            11,
+            "refused changes are applied entries too"
+        );
     }
 
     #[test]

@@ -102,6 +102,11 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
             client_urls TEXT    NOT NULL,
             is_learner  INTEGER NOT NULL
         );
+        -- IDs of members removed from the cluster (etcd's members_removed bucket): a
+        -- removed ID never comes back, whatever a later conf change says.
+        CREATE TABLE IF NOT EXISTS main.members_removed (
+            id INTEGER PRIMARY KEY
+        );
         ",
     ))?;
     if version == 2 {

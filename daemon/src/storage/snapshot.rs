@@ -23,6 +23,10 @@ const OTHER_REPLICATED_TABLES: &[&str] = &[
     "applied_requests_1",
 ];
 
+/// Replicated tables added after the first release: a snapshot made by an older
+/// member, during a rolling upgrade, lacks them and stands for an empty one.
+const LATER_REPLICATED_TABLES: &[&str] = &["members_removed"];
+
 /// Where snapshot files of the database at `db_path` are kept.
 pub fn snapshot_dir(db_path: &Path) -> PathBuf {
     db_path
@@ -176,6 +180,18 @@ pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
             &format!("INSERT INTO main.{table} SELECT * FROM snap.{table}"),
             [],
         )?;
+    }
+    for table in LATER_REPLICATED_TABLES {
+        conn.execute(&format!("DELETE FROM main.{table}"), [])?;
+        let present: bool = conn
+            .prepare("SELECT 1 FROM snap.sqlite_schema WHERE type = 'table' AND name = ?1")?
+            .exists(params![table])?;
+        if present {
+            conn.execute(
+                &format!("INSERT INTO main.{table} SELECT * FROM snap.{table}"),
+                [],
+            )?;
+        }
     }
     for m in [
         Meta::Revision,
