@@ -1,7 +1,10 @@
-//! The qetcd .deb under a real systemd: three systemd-nspawn containers, each booted with
-//! systemd as PID 1 and its own address (10.0.1.10-12) on a bridge this test creates;
-//! the package installed with `dpkg -i`, a hand-written env file per host, and then what
-//! an operator does: start, watch the status, stop the leader, kill -9, upgrade, purge.
+//! The qetcd .deb under a real systemd: four systemd-nspawn containers, each booted with
+//! systemd as PID 1 and its own address (10.0.1.10-13) on a bridge this test creates.
+//! What an operator does, from the shipped example inventory: `provision render`, the
+//! package installed with `dpkg -i` and each host's bundle on three hosts, then start,
+//! watch the status, stop the leader, kill -9, upgrade; `provision member add` and its
+//! printed plan bring the fourth host in (learner, then voter), `provision member
+//! remove` and its plan take the third out; purge.
 //!
 //! Needs root, debootstrap and systemd-container (tests/run.sh installs them) and the
 //! .deb from packaging/build-debs.sh ($QETCD_DEB, or the newest in target/debian/).
@@ -14,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use qetcd_tests::provision::{self, provision, render};
 use qetcd_tests::wait_until;
 
 const BRIDGE: &str = "qetcd-br0";
-const ADDRESSES: [&str; 3] = ["10.0.1.10", "10.0.1.11", "10.0.1.12"];
+/// The example inventory's three members, and the host `provision member add` brings in.
+const ADDRESSES: [&str; 4] = ["10.0.1.10", "10.0.1.11", "10.0.1.12", "10.0.1.13"];
 const CACHE_DIR: &str = "/var/cache/qetcd-tests";
 /// Part of the cache key: change it whenever the prepared root file system changes.
 const ROOTFS_VERSION: &str = "bookworm-v1";
@@ -185,6 +190,9 @@ struct Node {
     pid1: u32,
     log: PathBuf,
     cgroups: Vec<PathBuf>,
+    /// `provision`'s output directory on the host: the admin client certificate the
+    /// host's etcdctl presents, and each member's bundle.
+    bundles: PathBuf,
 }
 
 impl Node {
@@ -233,21 +241,6 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn write_file(&self, path: &str, content: &str) {
-        let mut child = self
-            .command(&["sh", "-c", &format!("cat > {path}")])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("nsenter");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(content.as_bytes())
-            .expect("write file into container");
-        assert!(child.wait().expect("nsenter").success(), "write {path}");
-    }
-
     /// `systemctl show` properties of the unit.
     fn show(&self, props: &[&str]) -> Vec<String> {
         let mut args = vec!["systemctl", "show", UNIT];
@@ -271,9 +264,11 @@ impl Node {
         self.show(&[prop]).remove(0)
     }
 
-    /// The host's etcdctl, run in the container's network namespace: the bridge
-    /// carries no host address, so this is how the host reaches the members.
+    /// The host's etcdctl with the admin certificate, run in the container's network
+    /// namespace: the bridge carries no host address, so this is how the host reaches
+    /// the members.
     fn etcdctl(&self, endpoints: &str, args: &[&str]) -> Output {
+        let admin = self.bundles.join("admin");
         run(Command::new("nsenter")
             .args([
                 "-t",
@@ -282,13 +277,66 @@ impl Node {
                 "--",
                 "/usr/bin/etcdctl",
             ])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
             .env("ETCDCTL_API", "3")
             .args(["--endpoints", endpoints, "--command-timeout=5s"])
+            .arg(format!(
+                "--cacert={}",
+                admin.join("client-ca.crt").display()
+            ))
+            .arg(format!("--cert={}", admin.join("admin.crt").display()))
+            .arg(format!("--key={}", admin.join("admin.key").display()))
             .args(args))
     }
 
+    /// Lines of a plan `provision` printed, run as printed by the host's shell from the
+    /// bundles directory (as the plan says), in the container's network namespace.
+    fn plan_step(&self, lines: &str) -> Output {
+        run(Command::new("nsenter")
+            .args(["-t", &self.pid1().to_string(), "-n", "--", "/bin/sh", "-ec"])
+            .arg(format!("cd \"$1\"\n{lines}"))
+            .arg("sh")
+            .arg(&self.bundles)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin"))
+    }
+
+    /// Installs a host's bundle at its paths as the README says (owners root, keys for
+    /// group qetcd), streamed from the host's bundles directory into the container.
+    fn install_bundle(&self, member: &str) {
+        let mut tar = Command::new("tar")
+            .arg("-C")
+            .arg(self.bundles.join(member))
+            .args(["-cf", "-", "etc"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("tar");
+        let out = self
+            .command(&[
+                "sh",
+                "-ec",
+                "tar -C / -xf - --no-same-owner --no-overwrite-dir\n\
+                 chgrp -R qetcd /etc/qetcd/pki\n\
+                 systemctl daemon-reload",
+            ])
+            .stdin(tar.stdout.take().expect("tar stdout"))
+            .output()
+            .expect("nsenter");
+        assert!(
+            tar.wait().expect("tar").success(),
+            "tar of {member}'s bundle"
+        );
+        assert!(
+            out.status.success(),
+            "{}: installing {member}'s bundle: {}",
+            self.name,
+            text(&out)
+        );
+    }
+
     fn client_url(&self) -> String {
-        format!("http://{}:2379", self.addr)
+        format!("https://{}:2379", self.addr)
     }
 
     fn journal(&self, lines: &str) -> String {
@@ -406,6 +454,7 @@ impl Lab {
                 pid1: 0,
                 log,
                 cgroups,
+                bundles: lab.dir.join("bundles"),
             });
         }
 
@@ -500,42 +549,42 @@ impl Drop for Lab {
     }
 }
 
-fn env_file(i: usize) -> String {
-    let a = ADDRESSES[i];
-    let cluster = ADDRESSES
-        .iter()
-        .enumerate()
-        .map(|(j, a)| format!("infra{j}=http://{a}:2380"))
-        .collect::<Vec<_>>()
-        .join(",");
-    format!(
-        "# Hand-written for the systemd test (provision renders these in production).\n\
-         ETCD_NAME=infra{i}\n\
-         ETCD_INITIAL_ADVERTISE_PEER_URLS=http://{a}:2380\n\
-         ETCD_LISTEN_PEER_URLS=http://{a}:2380\n\
-         ETCD_LISTEN_CLIENT_URLS=http://{a}:2379,http://127.0.0.1:2379\n\
-         ETCD_ADVERTISE_CLIENT_URLS=http://{a}:2379\n\
-         ETCD_INITIAL_CLUSTER_TOKEN=etcd-cluster-1\n\
-         ETCD_INITIAL_CLUSTER={cluster}\n\
-         ETCD_INITIAL_CLUSTER_STATE=new\n"
-    )
-}
-
-/// Asserts `etcdctl endpoint health --cluster` reports all three members healthy.
-fn assert_cluster_healthy(lab: &Lab, from: usize) {
+/// Asserts `etcdctl endpoint health --cluster` reports `members` members, all healthy.
+fn assert_cluster_healthy(lab: &Lab, from: usize, members: usize) {
     let node = &lab.nodes[from];
     let out = wait_until(
-        "etcdctl endpoint health --cluster to report 3 healthy members",
+        &format!("etcdctl endpoint health --cluster to report {members} healthy members"),
         Duration::from_secs(30),
         || {
             let out = node.etcdctl(&node.client_url(), &["endpoint", "health", "--cluster"]);
             let all = String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr);
-            (out.status.success() && all.matches("is healthy").count() == 3).then_some(all)
+            (out.status.success() && all.matches("is healthy").count() == members).then_some(all)
         },
     )
     .unwrap_or_else(|e| panic!("{e}"));
     report(&format!("endpoint health --cluster:\n{}", out.trim()));
+}
+
+/// The commands of each numbered step (`# 1. ...`) of a plan `provision` printed.
+fn plan_steps(plan: &str) -> Vec<String> {
+    let mut steps: Vec<String> = Vec::new();
+    for line in plan.lines().map(str::trim) {
+        let numbered = line
+            .strip_prefix("# ")
+            .and_then(|l| l.split_once(". "))
+            .is_some_and(|(n, _)| n.parse::<u32>().is_ok());
+        if numbered {
+            steps.push(String::new());
+        } else if let Some(step) = steps.last_mut()
+            && !line.is_empty()
+            && !line.starts_with('#')
+        {
+            step.push_str(line);
+            step.push('\n');
+        }
+    }
+    steps
 }
 
 /// Index of the member the cluster reports as leader.
@@ -578,13 +627,17 @@ fn deb_on_three_systemd_hosts() {
     let rootfs = prepared_rootfs();
     let lab = Lab::boot(&rootfs, &deb);
     report(&format!(
-        "booted 3 containers in {:?} (since test start)",
+        "booted {} containers in {:?} (since test start)",
+        lab.nodes.len(),
         wall.elapsed()
     ));
+    let inventory = lab.dir.join("inventory.toml");
+    std::fs::copy(provision::example("inventory.toml"), &inventory).expect("copy inventory");
+    render(&inventory, &lab.dir.join("bundles"));
 
     // Installing enables the unit; without the env file starting is a no-op, and the
-    // unit stays inactive rather than failed.
-    for n in &lab.nodes {
+    // unit stays inactive rather than failed. The fourth host joins later.
+    for n in &lab.nodes[..3] {
         n.must(&["dpkg", "-i", "/root/qetcd.deb"]);
         assert_eq!(n.must(&["systemctl", "is-enabled", UNIT]).trim(), "enabled");
         let [active, condition] =
@@ -625,8 +678,8 @@ fn deb_on_three_systemd_hosts() {
     ));
     assert!(score <= 2.0, "exposure {score} > 2.0:\n{security}");
 
-    for (i, n) in lab.nodes.iter().enumerate() {
-        n.write_file("/etc/qetcd/qetcd.env", &env_file(i));
+    for (i, n) in lab.nodes[..3].iter().enumerate() {
+        n.install_bundle(&format!("infra{i}"));
     }
 
     // `systemctl start` on all three, concurrently: each blocks until its member is
@@ -710,13 +763,13 @@ fn deb_on_three_systemd_hosts() {
             .collect::<Vec<_>>()
             .join("\n")
     ));
-    for (i, n) in lab.nodes.iter().enumerate() {
+    for (i, n) in lab.nodes[..3].iter().enumerate() {
         let [state, status] =
             <[String; 2]>::try_from(n.show(&["ActiveState", "StatusText"])).unwrap();
         assert_eq!(state, "active", "node {i}");
         assert!(status.starts_with("serving"), "node {i}: {status}");
     }
-    assert_cluster_healthy(&lab, 0);
+    assert_cluster_healthy(&lab, 0, 3);
 
     // The sandbox as applied: the service user, no capabilities, a seccomp filter, a
     // user namespace mapping only root and qetcd, and the disk priority (Nice=-10) that
@@ -801,7 +854,7 @@ fn deb_on_three_systemd_hosts() {
         "{}",
         text(&got)
     );
-    assert_cluster_healthy(&lab, l);
+    assert_cluster_healthy(&lab, l, 3);
 
     // kill -9 of the main process: systemd restarts it (Restart=on-failure) and it
     // rejoins.
@@ -834,7 +887,7 @@ fn deb_on_three_systemd_hosts() {
         "node {victim}: killed PID {old_pid}; restarted as PID {} (NRestarts={})",
         restarted.0, restarted.1
     ));
-    assert_cluster_healthy(&lab, victim);
+    assert_cluster_healthy(&lab, victim, 3);
 
     // Upgrading (reinstalling) the package leaves the running member alone.
     let pid_before = lab.nodes[0].prop("MainPID");
@@ -861,31 +914,135 @@ fn deb_on_three_systemd_hosts() {
         "{journal}"
     );
 
-    // A member removed from the cluster exits 78, and systemd leaves it down
-    // (RestartPreventExitStatus=78) instead of restarting it into a refusal loop.
-    let removed = &lab.nodes[2];
-    let list = lab.nodes[0].etcdctl(
-        &lab.nodes[0].client_url(),
-        &["member", "list", "-w", "json"],
+    // The fourth host joins from the bundle `provision member add` renders, following
+    // the printed plan: announce it as a learner, install and start, promote.
+    let bundles = lab.dir.join("bundles");
+    let membership = |args: &[&str]| -> Vec<String> {
+        let mut all = args.to_vec();
+        all.extend([
+            "--inventory",
+            inventory.to_str().expect("utf-8 path"),
+            "--out",
+            bundles.to_str().expect("utf-8 path"),
+        ]);
+        let r = provision(&all);
+        assert_eq!(
+            r.code,
+            Some(0),
+            "provision {args:?}:\n{}{}",
+            r.stdout,
+            r.stderr
+        );
+        let plan = &r.stdout[r.stdout.find("Plan:").expect("a printed plan")..];
+        report(&format!("provision {args:?} printed:\n{plan}"));
+        plan_steps(plan)
+    };
+    let join = membership(&[
+        "member",
+        "add",
+        "infra3",
+        "--address",
+        ADDRESSES[3],
+        "--hostname",
+        "infra3.example.com",
+    ]);
+    let announce = lab.nodes[0].plan_step(&join[0]);
+    assert!(announce.status.success(), "{}", text(&announce));
+    let printed = String::from_utf8_lossy(&announce.stdout).into_owned();
+    let env3 = std::fs::read_to_string(bundles.join("infra3/etc/qetcd/qetcd.env")).expect("env");
+    let cluster_of = |text: &str, quoted: bool| -> Vec<String> {
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER="))
+            .unwrap_or_else(|| panic!("no ETCD_INITIAL_CLUSTER in:\n{text}"));
+        let line = if quoted { line.trim_matches('"') } else { line };
+        let mut members: Vec<String> = line.split(',').map(str::to_string).collect();
+        members.sort();
+        members
+    };
+    assert_eq!(
+        cluster_of(&printed, true),
+        cluster_of(&env3, false),
+        "the bundle's ETCD_INITIAL_CLUSTER is not what etcdctl member add printed"
     );
-    let members: serde_json::Value = serde_json::from_slice(&list.stdout)
-        .unwrap_or_else(|e| panic!("member list: {e}: {}", text(&list)));
-    let id = members["members"]
-        .as_array()
-        .and_then(|ms| ms.iter().find(|m| m["name"] == "infra2"))
-        .and_then(|m| m["ID"].as_u64())
-        .unwrap_or_else(|| panic!("infra2 not in {members}"));
+    assert!(
+        printed.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{printed}"
+    );
+    assert!(
+        env3.contains("ETCD_INITIAL_CLUSTER_STATE=existing\n"),
+        "{env3}"
+    );
+
+    let newcomer = &lab.nodes[3];
+    newcomer.must(&["dpkg", "-i", "/root/qetcd.deb"]);
+    newcomer.install_bundle("infra3");
+    // Type=notify: start returns once the learner has the state and serves.
+    newcomer.must(&["systemctl", "start", UNIT]);
+    let [state, status] =
+        <[String; 2]>::try_from(newcomer.show(&["ActiveState", "StatusText"])).unwrap();
+    assert_eq!(state, "active");
+    assert!(status.starts_with("serving"), "{status}");
+    // The plan's promotion loop, with a deadline instead of `until`: the announce
+    // step's endpoints, the ID lookup, one promote per attempt.
+    let endpoints_line = join[0].lines().next().expect("the endpoints line");
+    let id_line = join[2]
+        .lines()
+        .find(|l| l.starts_with("ID="))
+        .unwrap_or_else(|| panic!("no ID lookup in step 3:\n{}", join[2]));
+    wait_until(
+        "the learner to catch up and be promoted",
+        Duration::from_secs(60),
+        || {
+            let promote = format!(
+                "{endpoints_line}\n{id_line}\ntest -n \"$ID\"\netcdctl member promote \"$ID\""
+            );
+            lab.nodes[0]
+                .plan_step(&promote)
+                .status
+                .success()
+                .then_some(())
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", newcomer.journal("40")));
+    let check = wait_until("the plan's check to pass", Duration::from_secs(30), || {
+        let out = lab.nodes[0].plan_step(&join[3]);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let voters = stdout
+            .lines()
+            .filter(|l| l.contains(", started, ") && l.ends_with(", false"))
+            .count();
+        (out.status.success() && voters == 4).then_some(stdout)
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    report(&format!(
+        "after the fourth member joined:\n{}",
+        check.trim()
+    ));
+    let got = newcomer.etcdctl(
+        &newcomer.client_url(),
+        &["get", "while-leader-down", "--print-value-only"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        "kept",
+        "{}",
+        text(&got)
+    );
+
+    // `provision member remove infra2` and its plan: the member removed from the
+    // cluster exits 78, and systemd leaves it down (RestartPreventExitStatus=78)
+    // instead of restarting it into a refusal loop.
+    let removed = &lab.nodes[2];
     let restarts_before = removed.prop("NRestarts");
-    // --strict-reconfig-check: refused as `unhealthy cluster` until node 0's peers
+    let leave = membership(&["member", "remove", "infra2"]);
+    // --strict-reconfig-check: refused as `unhealthy cluster` until the leader's peers
     // have been connected for 5 s (one was just killed and restarted above).
     let out = wait_until(
         "member remove to be accepted",
         Duration::from_secs(30),
         || {
-            let out = lab.nodes[0].etcdctl(
-                &lab.endpoints(&[0, 1]),
-                &["member", "remove", &format!("{id:x}")],
-            );
+            let out = lab.nodes[0].plan_step(&leave[0]);
             (!text(&out).contains("etcdserver: unhealthy cluster")).then_some(out)
         },
     )
@@ -922,13 +1079,14 @@ fn deb_on_three_systemd_hosts() {
         "--- node 2 after member remove ---\n{}",
         String::from_utf8_lossy(&status.stdout)
     ));
-    let two = lab.endpoints(&[0, 1]);
-    let put = lab.nodes[0].etcdctl(&two, &["put", "after-remove", "ok"]);
+    let remaining = lab.endpoints(&[0, 1, 3]);
+    let put = lab.nodes[0].etcdctl(&remaining, &["put", "after-remove", "ok"]);
     assert!(
         put.status.success(),
-        "the two remaining members do not serve: {}",
+        "the three remaining members do not serve: {}",
         text(&put)
     );
+    assert_cluster_healthy(&lab, 3, 3);
 
     // Purging the package keeps the member's data (and the host's env file).
     let p = &lab.nodes[2];
