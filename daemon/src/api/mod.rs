@@ -60,6 +60,8 @@ pub struct ApiContext {
     pub peers: crate::transport::PeerTransport,
     /// `--enable-v2`: serve the v2 keys API subset of etcd's v2 discovery protocol.
     pub enable_v2: bool,
+    /// The backend quota in bytes (`--quota-backend-bytes`); `None` when disabled.
+    pub quota_bytes: Option<u64>,
 }
 
 impl ApiContext {

@@ -120,6 +120,18 @@ pub struct NodeStatus {
     pub learner: AtomicBool,
     /// Notified whenever the applied index moves.
     pub applied: Notify,
+    /// The alarms raised in the cluster, as applied here.
+    pub alarms: std::sync::RwLock<Vec<crate::proto::etcdserverpb::AlarmMember>>,
+    /// Bytes of the state database's pages (what the backend quota is measured on),
+    /// as of the last applied batch.
+    pub db_size: AtomicU64,
+}
+
+impl NodeStatus {
+    /// The alarms raised in the cluster, as applied here.
+    pub fn alarms(&self) -> Vec<crate::proto::etcdserverpb::AlarmMember> {
+        self.alarms.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// Cheap, cloneable handle to the Raft node.
@@ -862,6 +874,13 @@ impl Node {
         self.published_revision = revision;
         for c in self.completions.drain(..) {
             self.proposals.complete(c.id, c.result);
+        }
+        if let Some(alarms) = self.machine.take_alarms_changed() {
+            *self.status.alarms.write().unwrap_or_else(|e| e.into_inner()) = alarms;
+        }
+        match crate::mvcc::db_size_cached(self.log.conn()) {
+            Ok(size) => self.status.db_size.store(size as u64, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "cannot read the state database's size"),
         }
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);

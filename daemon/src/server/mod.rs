@@ -314,5 +314,6 @@ fn api_context(
         strict_reconfig_check: cfg.strict_reconfig_check,
         peers,
         enable_v2: cfg.enable_v2,
+        quota_bytes: crate::config::backend_quota(cfg.quota_backend_bytes),
     }
 }

@@ -23,6 +23,7 @@
 //! read-only connections to the state database ([`ReaderPool`]), which WAL mode lets run
 //! beside the writer without blocking it.
 
+pub mod alarms;
 mod checkpointer;
 mod key_range;
 pub mod keyspace;
