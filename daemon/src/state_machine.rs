@@ -15,8 +15,7 @@ use crate::lease;
 use crate::membership::{self, Member};
 use crate::mvcc::{self, Revisions, WriteTxn};
 use crate::proto::etcdserverpb::{
-    AlarmMember, AlarmRequest, AlarmType, LeaseRevokeRequest, TxnRequest, alarm_request,
-    request_op,
+    AlarmMember, AlarmRequest, AlarmType, LeaseRevokeRequest, TxnRequest, alarm_request, request_op,
 };
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use crate::proto::mvccpb::Event;

@@ -11,10 +11,10 @@ use tonic::{Request, Response, Status};
 
 use super::{ApiContext, ETCD_VERSION};
 use crate::error::RequestError;
-use crate::proto::qetcdpb::raft_request::Request as RaftRequest;
-use crate::state_machine::Applied;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
+use crate::proto::qetcdpb::raft_request::Request as RaftRequest;
+use crate::state_machine::Applied;
 
 pub struct MaintenanceService {
     ctx: Arc<ApiContext>,

@@ -62,11 +62,7 @@ impl ApiContext {
         if size + request_len as u64 + STORED_KEY_OVERHEAD <= quota {
             return Ok(());
         }
-        tracing::warn!(
-            size,
-            quota,
-            "the backend passed its quota; raising NOSPACE"
-        );
+        tracing::warn!(size, quota, "the backend passed its quota; raising NOSPACE");
         let node = self.node.clone();
         let raise = crate::proto::etcdserverpb::AlarmRequest {
             action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,

@@ -466,5 +466,9 @@ fn backend_quota_is_read_as_etcd_reads_it() {
     assert_eq!(backend_quota(0), Some(2 << 30));
     assert_eq!(backend_quota(-1), None);
     assert_eq!(backend_quota(16 << 20), Some(16 << 20));
-    assert_eq!(backend_quota(10 << 30), Some(10 << 30), "warned about, not refused");
+    assert_eq!(
+        backend_quota(10 << 30),
+        Some(10 << 30),
+        "warned about, not refused"
+    );
 }

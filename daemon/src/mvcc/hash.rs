@@ -138,7 +138,11 @@ pub fn hash_kv(conn: &Connection, revision: i64) -> Result<KvHash, RequestError>
     } else {
         revision
     };
-    let any_live = keyspace::count(conn, &KeyRange::From(Vec::new()), keyspace::At::Revision(rev))? > 0;
+    let any_live = keyspace::count(
+        conn,
+        &KeyRange::From(Vec::new()),
+        keyspace::At::Revision(rev),
+    )? > 0;
     let mut crc = Crc32c::default();
     crc.update(b"key");
     keyspace::for_each_revision::<RequestError>(conn, |row| {

@@ -130,7 +130,10 @@ pub struct NodeStatus {
 impl NodeStatus {
     /// The alarms raised in the cluster, as applied here.
     pub fn alarms(&self) -> Vec<crate::proto::etcdserverpb::AlarmMember> {
-        self.alarms.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.alarms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -876,7 +879,11 @@ impl Node {
             self.proposals.complete(c.id, c.result);
         }
         if let Some(alarms) = self.machine.take_alarms_changed() {
-            *self.status.alarms.write().unwrap_or_else(|e| e.into_inner()) = alarms;
+            *self
+                .status
+                .alarms
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = alarms;
         }
         match crate::mvcc::db_size_cached(self.log.conn()) {
             Ok(size) => self.status.db_size.store(size as u64, Ordering::Release),
