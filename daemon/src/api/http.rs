@@ -70,7 +70,10 @@ async fn health(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response {
         return method_not_allowed();
     }
     let excluded = query_values(&req, "exclude");
-    let serializable = query_values(&req, "serializable").first().map(String::as_str) == Some("true");
+    let serializable = query_values(&req, "serializable")
+        .first()
+        .map(String::as_str)
+        == Some("true");
     let unhealthy = |reason: String| {
         tracing::warn!(reason = %reason, "serving /health false");
         json(
@@ -136,16 +139,20 @@ impl Check {
         match self {
             Check::DataCorruption => {
                 let corrupt = AlarmType::Corrupt as i32;
-                if ctx.node.status().alarms().iter().any(|a| a.alarm == corrupt) {
+                if ctx
+                    .node
+                    .status()
+                    .alarms()
+                    .iter()
+                    .any(|a| a.alarm == corrupt)
+                {
                     return Err("alarm activated: CORRUPT".into());
                 }
                 Ok(())
             }
             Check::SerializableRead => read_check(ctx, true).await.map_err(|e| e.to_string()),
             Check::LinearizableRead => read_check(ctx, false).await.map_err(|e| e.to_string()),
-            Check::NonLearner if ctx.node.is_learner() => {
-                Err("not supported for learner".into())
-            }
+            Check::NonLearner if ctx.node.is_learner() => Err("not supported for learner".into()),
             Check::NonLearner => Ok(()),
         }
     }

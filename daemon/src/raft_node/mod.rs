@@ -850,7 +850,9 @@ impl Node {
             self.on_soft_state(ss.leader_id, ss.raft_state);
         }
 
-        let mut light = self.raw.advance(rd);
+        // Not `advance`: that would also mark every committed entry handed out so far
+        // as applied, which entries deferred by a defragmentation are not.
+        let mut light = self.raw.advance_append(rd);
         self.outbox.send(light.take_messages());
         let committed = light.take_committed_entries();
         let commit = light.commit_index();

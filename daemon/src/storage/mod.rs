@@ -153,7 +153,9 @@ pub fn defragment(state_db: &Path) -> Result<(), StorageError> {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     if busy != 0 {
-        tracing::info!("readers kept the defragmented WAL from being truncated now; the checkpointer will");
+        tracing::info!(
+            "readers kept the defragmented WAL from being truncated now; the checkpointer will"
+        );
     }
     Ok(())
 }

@@ -200,8 +200,7 @@ impl RaftLog {
     /// database. Such batches must not touch the state (apply nothing): its tables
     /// are not there. Without a log-only connection (in memory) this does nothing.
     pub fn set_state_locked(&self, locked: bool) {
-        self.state_locked
-            .set(locked && self.log_only.is_some());
+        self.state_locked.set(locked && self.log_only.is_some());
     }
 
     /// Entries `low..high` from memory, if all of them are there.
