@@ -298,6 +298,25 @@ fn nospace_alarm_refuses_writes_until_compact_defrag_disarm() {
         );
         let (code, _) = http(m, "/health?exclude=NOSPACE");
         assert_eq!(code, 200);
+        // NOSPACE is no reason to take a member out of service: /readyz checks only
+        // for CORRUPT, reads, and not being a learner; /livez for local reads.
+        assert_eq!(http(m, "/readyz"), (200, "ok\n".to_string()));
+        assert_eq!(
+            http(m, "/readyz?verbose&exclude=non_learner"),
+            (
+                200,
+                "[+]data_corruption ok\n[+]serializable_read ok\n[+]linearizable_read ok\nok\n"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            http(m, "/readyz/data_corruption"),
+            (200, "ok\n".to_string())
+        );
+        assert_eq!(
+            http(m, "/livez?verbose"),
+            (200, "[+]serializable_read ok\nok\n".to_string())
+        );
         // One alarm, raised by whichever member the quota check failed on, and the
         // same on every member.
         let list = ctl.run(&["alarm", "list"]).ok().trim().to_string();
@@ -421,4 +440,15 @@ fn defrag_under_write_load_loses_no_acknowledged_write() {
     }
     // And every member holds the same: hashes agree.
     agreed_hash(&cluster, 0);
+    // The defragmentations overlapped the writes: entries committed meanwhile were
+    // applied after them (the member logs how many).
+    let overlapped = cluster.members.iter().any(|m| {
+        m.logs()
+            .lines()
+            .any(|l| l.contains("finished defragment") && !l.contains("deferred_entries=0"))
+    });
+    assert!(
+        overlapped,
+        "no defragmentation saw a write committed while it ran"
+    );
 }

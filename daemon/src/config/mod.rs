@@ -593,22 +593,6 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
-#[cfg(test)]
-mod duration_tests {
-    use super::*;
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
-        assert_eq!(parse_go_duration("10"), None);
-        assert_eq!(parse_go_duration("abc"), None);
-    }
-}
-
 /// etcd's default backend quota, used for `--quota-backend-bytes 0`: 2 GiB.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
 /// Above this etcd warns that the quota "exceeds the maximum value": 8 GiB.
@@ -642,4 +626,20 @@ pub fn backend_quota(flag: i64) -> Option<u64> {
         tracing::info!(quota_size_bytes = quota, "enabled backend quota");
     }
     Some(quota)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("10"), None);
+        assert_eq!(parse_go_duration("abc"), None);
+    }
 }
