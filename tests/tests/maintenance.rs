@@ -452,3 +452,56 @@ fn defrag_under_write_load_loses_no_acknowledged_write() {
         "no defragmentation saw a write committed while it ran"
     );
 }
+
+/// A CORRUPT alarm (raised here through the API, as etcd allows) stops every write
+/// with etcd's text while reads go on, and takes the member out of `/readyz`.
+#[test]
+fn corrupt_alarm_refuses_writes_and_fails_readyz() {
+    use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
+    let m = Member::start(Binary::Qetcd, MemberSpec::new("corrupt"));
+    let ctl = m.etcdctl();
+    ctl.run(&["put", "k", "v"]).ok();
+    let id = status(&ctl)["header"]["member_id"]
+        .as_u64()
+        .expect("member id");
+    let alarm = |action: AlarmAction| {
+        runtime().block_on(async {
+            let mut c = etcd_client::Client::connect([m.client_url()], None)
+                .await
+                .expect("connect");
+            let mut options = AlarmOptions::new();
+            options.with_member(id);
+            c.alarm(action, AlarmType::Corrupt, Some(options))
+                .await
+                .expect("alarm")
+        })
+    };
+    alarm(AlarmAction::Activate);
+    for args in [&["put", "k", "w"][..], &["del", "k"], &["compaction", "2"]] {
+        let out = ctl.run(args);
+        assert!(
+            out.stderr.contains("etcdserver: corrupt cluster"),
+            "{args:?}: {out:?}"
+        );
+    }
+    assert!(ctl.run(&["get", "k"]).ok().contains('v'));
+    assert_eq!(
+        ctl.run(&["alarm", "list"]).ok().trim(),
+        format!("memberID:{id} alarm:CORRUPT")
+    );
+    let (code, body) = http(&m, "/health");
+    assert_eq!(
+        (code, body.trim_end()),
+        (503, r#"{"health":"false","reason":"ALARM CORRUPT"}"#)
+    );
+    let (code, body) = http(&m, "/readyz");
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("[-]data_corruption failed: alarm activated: CORRUPT"),
+        "{body}"
+    );
+    assert_eq!(http(&m, "/livez").0, 200, "a corrupt member is still alive");
+    alarm(AlarmAction::Deactivate);
+    ctl.run(&["put", "k", "w"]).ok();
+    assert_eq!(http(&m, "/readyz").0, 200);
+}
