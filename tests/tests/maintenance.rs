@@ -458,7 +458,10 @@ fn defrag_under_write_load_loses_no_acknowledged_write() {
 #[test]
 fn corrupt_alarm_refuses_writes_and_fails_readyz() {
     use etcd_client::{AlarmAction, AlarmOptions, AlarmType};
-    let m = Member::start(Binary::Qetcd, MemberSpec::new("corrupt"));
+    let mut spec = MemberSpec::new("corrupt");
+    let metrics = format!("{}:2381", spec.ip);
+    spec.extra_args = vec!["--listen-metrics-urls".into(), format!("http://{metrics}")];
+    let m = Member::start(Binary::Qetcd, spec);
     let ctl = m.etcdctl();
     ctl.run(&["put", "k", "v"]).ok();
     let id = status(&ctl)["header"]["member_id"]
@@ -501,7 +504,13 @@ fn corrupt_alarm_refuses_writes_and_fails_readyz() {
         "{body}"
     );
     assert_eq!(http(&m, "/livez").0, 200, "a corrupt member is still alive");
+    // The metrics listener answers the same health endpoints (and nothing of gRPC).
+    let on_metrics = |path: &str| http_get(&metrics, path).expect("metrics listener answers");
+    assert_eq!(on_metrics("/livez"), (200, "ok\n".to_string()));
+    assert_eq!(on_metrics("/readyz").0, 503);
+    assert_eq!(on_metrics("/health").0, 503);
     alarm(AlarmAction::Deactivate);
     ctl.run(&["put", "k", "w"]).ok();
     assert_eq!(http(&m, "/readyz").0, 200);
+    assert_eq!(on_metrics("/health").0, 200);
 }

@@ -146,6 +146,12 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     tonic::service::Routes::from(router)
 }
 
+/// The HTTP endpoints alone, for a `--listen-metrics-urls` listener. (`/metrics`
+/// belongs here and in [`routes`] once it is served.)
+pub fn http_routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
+    tonic::service::Routes::from(http::router(ctx))
+}
+
 /// etcd's learner rule (`isRPCSupportedForLearner` and its stream twin): a learner
 /// serves only `Status`, `Snapshot` and serializable `Range` (checked in the KV
 /// service); every other RPC gets `etcdserver: rpc not supported for learner`.

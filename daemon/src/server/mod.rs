@@ -177,7 +177,13 @@ impl Member {
             (node.clone(), transport.clone()),
             applied,
         ));
-        let clients = ClientListeners::serve(&cfg.listen_client_urls, client_tls, ctx).await?;
+        let clients = ClientListeners::serve(
+            &cfg.listen_client_urls,
+            &cfg.listen_metrics_urls,
+            client_tls,
+            ctx,
+        )
+        .await?;
         Ok(Member {
             member_id: boot.member_id,
             cfg,
