@@ -14,7 +14,9 @@ use crate::error::RequestError;
 use crate::lease;
 use crate::membership::{self, Member};
 use crate::mvcc::{self, Revisions, WriteTxn};
-use crate::proto::etcdserverpb::LeaseRevokeRequest;
+use crate::proto::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmType, LeaseRevokeRequest, TxnRequest, alarm_request, request_op,
+};
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use crate::proto::mvccpb::Event;
 use crate::proto::qetcdpb::{LeaseExpire, MemberRecord, RaftRequest, raft_request::Request};
@@ -32,6 +34,8 @@ pub enum Applied {
     LeaseGrant(crate::proto::etcdserverpb::LeaseGrantResponse),
     LeaseRevoke(crate::proto::etcdserverpb::LeaseRevokeResponse),
     LeaseRenew(crate::proto::etcdserverpb::LeaseKeepAliveResponse),
+    /// The alarms an alarm request raised or cleared (etcd's AlarmResponse.alarms).
+    Alarm(Vec<AlarmMember>),
 }
 
 pub type ApplyResult = Result<Applied, RequestError>;
@@ -97,6 +101,36 @@ fn enter_generation(conn: &Connection, previous: u64, index: u64) -> Result<(), 
     Ok(())
 }
 
+/// Whether a request may add to the store: what etcd refuses while NOSPACE is raised.
+pub fn may_grow_store(request: &Request) -> bool {
+    match request {
+        Request::Put(_) | Request::LeaseGrant(_) => true,
+        Request::Txn(t) => txn_has_put(t),
+        _ => false,
+    }
+}
+
+fn txn_has_put(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_has_put(t),
+            _ => false,
+        })
+}
+
+/// etcd's name of an alarm type (`NOSPACE`, `CORRUPT`).
+pub fn alarm_name(alarm: i32) -> &'static str {
+    match AlarmType::try_from(alarm) {
+        Ok(AlarmType::None) => "NONE",
+        Ok(AlarmType::Nospace) => "NOSPACE",
+        Ok(AlarmType::Corrupt) => "CORRUPT",
+        Err(_) => "UNKNOWN",
+    }
+}
+
 pub struct StateMachine {
     member_id: u64,
     revisions: Revisions,
@@ -114,6 +148,10 @@ pub struct StateMachine {
     entry_term: u64,
     /// Peer URLs changed by an ordinary entry (see `take_membership_touched`).
     membership_touched: bool,
+    /// The raised alarms (as in the database), which decide what requests are refused.
+    alarms: Vec<AlarmMember>,
+    /// The alarms changed since the last `take_alarms_changed`.
+    alarms_changed: bool,
 }
 
 impl StateMachine {
@@ -133,6 +171,7 @@ impl StateMachine {
         let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
         let applied_term = Meta::AppliedTerm.get_u64(conn)?.unwrap_or(0);
+        let alarms = crate::storage::alarms::list(conn)?;
         Ok(StateMachine {
             member_id,
             revisions,
@@ -144,6 +183,8 @@ impl StateMachine {
             lessor,
             entry_term: 0,
             membership_touched: false,
+            alarms,
+            alarms_changed: true,
         })
     }
 
@@ -311,8 +352,91 @@ impl StateMachine {
         }
     }
 
+    /// etcd's capped appliers: with CORRUPT raised every request that changes the
+    /// store is refused; with NOSPACE those that could make it grow (puts, txns with a
+    /// put in either branch, lease grants), while deletes and compaction still apply.
+    fn refused_by_alarm(&self, request: &Request) -> Result<(), RequestError> {
+        let raised = |t: AlarmType| self.alarms.iter().any(|a| a.alarm == t as i32);
+        if raised(AlarmType::Corrupt) {
+            match request {
+                Request::Put(_)
+                | Request::DeleteRange(_)
+                | Request::Txn(_)
+                | Request::Compaction(_)
+                | Request::LeaseGrant(_)
+                | Request::LeaseRevoke(_) => return Err(RequestError::Corrupt),
+                _ => {}
+            }
+        }
+        if raised(AlarmType::Nospace) && may_grow_store(request) {
+            return Err(RequestError::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// The alarm set, if it changed since the last call (or was never asked for).
+    pub fn take_alarms_changed(&mut self) -> Option<Vec<AlarmMember>> {
+        std::mem::take(&mut self.alarms_changed).then(|| self.alarms.clone())
+    }
+
+    fn apply_alarm(
+        &mut self,
+        conn: &Connection,
+        req: &AlarmRequest,
+    ) -> Result<Vec<AlarmMember>, RequestError> {
+        let member = AlarmMember {
+            member_id: req.member_id,
+            alarm: req.alarm,
+        };
+        let changed = match alarm_request::AlarmAction::try_from(req.action) {
+            Ok(alarm_request::AlarmAction::Get) => {
+                return Ok(crate::storage::alarms::list(conn)?
+                    .into_iter()
+                    .filter(|a| req.alarm == AlarmType::None as i32 || a.alarm == req.alarm)
+                    .collect());
+            }
+            // etcd ignores a request to raise "no alarm".
+            Ok(alarm_request::AlarmAction::Activate) if req.alarm == AlarmType::None as i32 => {
+                false
+            }
+            Ok(alarm_request::AlarmAction::Activate) => {
+                let raised = crate::storage::alarms::activate(conn, &member)?;
+                if raised {
+                    tracing::warn!(
+                        member = %format!("{:x}", member.member_id),
+                        alarm = alarm_name(member.alarm),
+                        "alarm raised"
+                    );
+                }
+                raised
+            }
+            Ok(alarm_request::AlarmAction::Deactivate) => {
+                let cleared = crate::storage::alarms::deactivate(conn, &member)?;
+                if cleared {
+                    tracing::info!(
+                        member = %format!("{:x}", member.member_id),
+                        alarm = alarm_name(member.alarm),
+                        "alarm disarmed"
+                    );
+                }
+                cleared
+            }
+            Err(_) => false,
+        };
+        if changed {
+            self.alarms = crate::storage::alarms::list(conn)?;
+            self.alarms_changed = true;
+            Ok(vec![member])
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     fn dispatch(&mut self, conn: &Connection, request: Option<Request>) -> ApplyResult {
         let base = self.revisions;
+        if let Some(r) = &request {
+            self.refused_by_alarm(r)?;
+        }
         let applied = match request {
             Some(Request::Put(p)) => {
                 let mut w = self.write_txn(conn);
@@ -367,6 +491,7 @@ impl StateMachine {
             Some(Request::LeaseRenew(r)) => {
                 Applied::LeaseRenew(lease::renew(conn, &self.lessor, r.id, base.current)?)
             }
+            Some(Request::Alarm(a)) => Applied::Alarm(self.apply_alarm(conn, &a)?),
             None => return Err(RequestError::Internal("empty raft request".into())),
         };
         Ok(applied)

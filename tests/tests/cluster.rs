@@ -237,9 +237,13 @@ fn clusters_with_different_tokens_never_merge() {
         "the refused member keeps running"
     );
     let (code, body) = stranger.health().expect("stranger answers /health");
+    // etcd answers failures with Go's http.Error, whose body ends in a newline.
     assert_eq!(
         (code, body.as_str()),
-        (503, "{\"health\":\"false\",\"reason\":\"RAFT NO LEADER\"}")
+        (
+            503,
+            "{\"health\":\"false\",\"reason\":\"RAFT NO LEADER\"}\n"
+        )
     );
     let list = a.members[0].etcdctl().run(&["member", "list"]);
     assert_eq!(list.ok().lines().count(), 3, "membership unchanged");

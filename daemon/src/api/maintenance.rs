@@ -1,5 +1,6 @@
-//! The `Maintenance` service. `Status` is what `etcdctl endpoint status` shows; the
-//! operations that need cluster-wide machinery answer `Unimplemented` until they exist.
+//! The `Maintenance` service: `Status` (what `etcdctl endpoint status` shows), the
+//! checksums members compare (`Hash`, `HashKV`, see `mvcc::hash`), alarms (raised and
+//! cleared through Raft), `Defragment` and leadership moves.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -9,8 +10,11 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{ApiContext, ETCD_VERSION};
+use crate::error::RequestError;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::*;
+use crate::proto::qetcdpb::raft_request::Request as RaftRequest;
+use crate::state_machine::Applied;
 
 pub struct MaintenanceService {
     ctx: Arc<ApiContext>,
@@ -27,17 +31,21 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // All three actions go through Raft, as in etcd: a GET answers with the alarms
+        // as of a committed point, and raising or clearing one reaches every member.
         let req = req.into_inner();
-        // No alarm is ever raised yet (no quota enforcement), so GET lists none and
-        // deactivating one is a no-op; activating from a client is not supported.
-        if req.action == alarm_request::AlarmAction::Activate as i32 {
-            return Err(Status::unimplemented("activating alarms is not supported"));
+        match self.ctx.propose(RaftRequest::Alarm(req)).await? {
+            Applied::Alarm(alarms) => {
+                let revision = self.ctx.node.status().revision.load(Ordering::Acquire) as i64;
+                Ok(Response::new(AlarmResponse {
+                    header: Some(self.ctx.header(revision)),
+                    alarms,
+                }))
+            }
+            other => Err(Status::internal(format!(
+                "unexpected apply result {other:?}"
+            ))),
         }
-        let revision = self.ctx.node.status().revision.load(Ordering::Acquire) as i64;
-        Ok(Response::new(AlarmResponse {
-            header: Some(self.ctx.header(revision)),
-            alarms: Vec::new(),
-        }))
     }
 
     async fn status(
@@ -54,15 +62,29 @@ impl Maintenance for MaintenanceService {
             })
             .await?;
         let status = self.ctx.node.status();
+        let leader = self.ctx.node.leader();
+        // etcd lists a missing leader, then every raised alarm in its protobuf text
+        // form (`memberID:<decimal> alarm:<NAME> `).
+        let mut errors = Vec::new();
+        if leader.is_none() {
+            errors.push(RequestError::NoLeader.to_string());
+        }
+        for a in status.alarms() {
+            errors.push(format!(
+                "memberID:{} alarm:{} ",
+                a.member_id,
+                crate::state_machine::alarm_name(a.alarm)
+            ));
+        }
         Ok(Response::new(StatusResponse {
             header: Some(self.ctx.header(revision)),
             version: ETCD_VERSION.to_string(),
             db_size,
-            leader: self.ctx.node.leader().unwrap_or(0),
+            leader: leader.unwrap_or(0),
             raft_index: status.commit_index.load(Ordering::Acquire),
             raft_term: self.ctx.node.term(),
             raft_applied_index: status.applied_index.load(Ordering::Acquire),
-            errors: Vec::new(),
+            errors,
             db_size_in_use,
             is_learner: self.ctx.node.is_learner(),
         }))
@@ -72,18 +94,34 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(Status::unimplemented("defragment is not supported yet"))
+        self.ctx.node.defragment().await?;
+        // etcd answers without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(Status::unimplemented("hash is not supported yet"))
+        let (hash, revision) = self.ctx.read(crate::mvcc::hash::hash_all).await?;
+        Ok(Response::new(HashResponse {
+            header: Some(self.ctx.header(revision)),
+            hash,
+        }))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<HashKvRequest>,
+        req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(Status::unimplemented("hashkv is not supported yet"))
+        let revision = req.into_inner().revision;
+        let h = self
+            .ctx
+            .read(move |conn| crate::mvcc::hash::hash_kv(conn, revision))
+            .await?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.ctx.header(h.current_revision)),
+            hash: h.hash,
+            compact_revision: h.compact_revision,
+            hash_revision: h.revision,
+        }))
     }
 
     type SnapshotStream = SnapshotStream;

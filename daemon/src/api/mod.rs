@@ -60,6 +60,8 @@ pub struct ApiContext {
     pub peers: crate::transport::PeerTransport,
     /// `--enable-v2`: serve the v2 keys API subset of etcd's v2 discovery protocol.
     pub enable_v2: bool,
+    /// The backend quota in bytes (`--quota-backend-bytes`); `None` when disabled.
+    pub quota_bytes: Option<u64>,
 }
 
 impl ApiContext {
@@ -142,6 +144,12 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
         router = router.merge(v2keys::router(ctx));
     }
     tonic::service::Routes::from(router)
+}
+
+/// The HTTP endpoints alone, for a `--listen-metrics-urls` listener. (`/metrics`
+/// belongs here and in [`routes`] once it is served.)
+pub fn http_routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
+    tonic::service::Routes::from(http::router(ctx))
 }
 
 /// etcd's learner rule (`isRPCSupportedForLearner` and its stream twin): a learner

@@ -40,7 +40,46 @@ impl Default for ProposalBudget {
     }
 }
 
+/// What etcd adds to a request's size for the bookkeeping a stored key costs, when it
+/// checks whether the request still fits in the quota.
+const STORED_KEY_OVERHEAD: u64 = 256;
+
 impl ApiContext {
+    /// etcd's quota check before a request that may grow the store: with NOSPACE
+    /// raised it is refused at once; if the state database plus the request would pass
+    /// the quota, this member raises NOSPACE (through Raft, so every member refuses
+    /// alike from then on) and refuses it.
+    fn check_quota(&self, request_len: usize) -> Result<(), RequestError> {
+        let status = self.node.status();
+        let nospace = crate::proto::etcdserverpb::AlarmType::Nospace as i32;
+        if status.alarms().iter().any(|a| a.alarm == nospace) {
+            return Err(RequestError::NoSpace);
+        }
+        let Some(quota) = self.quota_bytes else {
+            return Ok(());
+        };
+        let size = status.db_size.load(std::sync::atomic::Ordering::Acquire);
+        if size + request_len as u64 + STORED_KEY_OVERHEAD <= quota {
+            return Ok(());
+        }
+        tracing::warn!(size, quota, "the backend passed its quota; raising NOSPACE");
+        let node = self.node.clone();
+        let raise = crate::proto::etcdserverpb::AlarmRequest {
+            action: crate::proto::etcdserverpb::alarm_request::AlarmAction::Activate as i32,
+            member_id: self.member_id,
+            alarm: nospace,
+        };
+        let timeout = self.request_timeout;
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, node.propose(Request::Alarm(raise))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot raise the NOSPACE alarm"),
+                Err(_) => tracing::warn!("raising the NOSPACE alarm timed out"),
+            }
+        });
+        Err(RequestError::NoSpace)
+    }
+
     /// Proposes a write and waits for its result, within the request timeout.
     pub async fn propose(&self, request: Request) -> Result<Applied, RequestError> {
         let len = self.node.encoded_len(&request);
@@ -56,6 +95,9 @@ impl ApiContext {
             .load(std::sync::atomic::Ordering::Acquire);
         if committed > applied + MAX_APPLY_LAG {
             return Err(RequestError::TooManyRequests);
+        }
+        if crate::state_machine::may_grow_store(&request) {
+            self.check_quota(len)?;
         }
         let _permit = u32::try_from(len)
             .ok()

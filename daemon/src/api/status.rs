@@ -13,6 +13,7 @@ pub fn to_status(err: RequestError) -> Status {
         Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
+        Corrupt => Code::DataLoss,
         NoLeader
         | Timeout
         | Stopped

@@ -593,6 +593,41 @@ fn parse_go_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(total))
 }
 
+/// etcd's default backend quota, used for `--quota-backend-bytes 0`: 2 GiB.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 << 30;
+/// Above this etcd warns that the quota "exceeds the maximum value": 8 GiB.
+pub const MAX_QUOTA_BYTES: u64 = 8 << 30;
+
+/// The backend quota `--quota-backend-bytes` asks for, as etcd reads it: 0 means the
+/// default of 2 GiB, a negative value disables the quota (`None`). Logs etcd's message
+/// for the choice, with its warning for quotas above 8 GiB.
+pub fn backend_quota(flag: i64) -> Option<u64> {
+    let quota = match flag {
+        f if f < 0 => {
+            tracing::info!(quota_size_bytes = flag, "disabled backend quota");
+            return None;
+        }
+        0 => {
+            tracing::info!(
+                quota_size_bytes = DEFAULT_QUOTA_BYTES,
+                "enabled backend quota with default value"
+            );
+            DEFAULT_QUOTA_BYTES
+        }
+        f => f as u64,
+    };
+    if quota > MAX_QUOTA_BYTES {
+        tracing::warn!(
+            quota_size_bytes = quota,
+            quota_maximum_size_bytes = MAX_QUOTA_BYTES,
+            "quota exceeds the maximum value"
+        );
+    } else if flag != 0 {
+        tracing::info!(quota_size_bytes = quota, "enabled backend quota");
+    }
+    Some(quota)
+}
+
 #[cfg(test)]
 mod duration_tests {
     use super::*;

@@ -459,3 +459,16 @@ fn v3_discovery_flags_and_their_environment_twins() {
         "{msg}"
     );
 }
+
+#[test]
+fn backend_quota_is_read_as_etcd_reads_it() {
+    use super::backend_quota;
+    assert_eq!(backend_quota(0), Some(2 << 30));
+    assert_eq!(backend_quota(-1), None);
+    assert_eq!(backend_quota(16 << 20), Some(16 << 20));
+    assert_eq!(
+        backend_quota(10 << 30),
+        Some(10 << 30),
+        "warned about, not refused"
+    );
+}

@@ -9,6 +9,7 @@
 //! thread's batch transaction.
 
 mod compaction;
+pub mod hash;
 mod range;
 mod txn;
 mod write;
@@ -22,7 +23,7 @@ pub use txn::{apply_txn, check_put, check_range, check_txn};
 pub use write::WriteTxn;
 
 use crate::error::RequestError;
-use crate::storage::Meta;
+use crate::storage::{Meta, StorageError};
 
 /// Revision bounds of the store as seen by one read or write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +67,18 @@ pub fn db_size(conn: &Connection) -> Result<(i64, i64), RequestError> {
     let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
     let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
     Ok((pages * page_size, (pages - free) * page_size))
+}
+
+/// Bytes of the state database's pages, through cached statements: cheap enough for
+/// the Raft thread to read after every batch (the backend quota is checked on it).
+pub fn db_size_cached(conn: &Connection) -> Result<i64, StorageError> {
+    let page_size: i64 = conn
+        .prepare_cached("PRAGMA main.page_size")?
+        .query_row([], |r| r.get(0))?;
+    let pages: i64 = conn
+        .prepare_cached("PRAGMA main.page_count")?
+        .query_row([], |r| r.get(0))?;
+    Ok(pages * page_size)
 }
 
 #[cfg(test)]

@@ -102,7 +102,26 @@ enum Command {
         target: Option<u64>,
         reply: oneshot::Sender<Result<u64, RequestError>>,
     },
+    /// Rewrite the state database compactly (SQLite's VACUUM); answered when done.
+    Defragment {
+        reply: oneshot::Sender<Result<(), RequestError>>,
+    },
+    /// The defragmentation thread finished (its result is in `Defrag::done`).
+    DefragFinished,
     Stop,
+}
+
+/// A defragmentation under way: the state database is being rewritten by another
+/// thread, which holds its write lock. Meanwhile Raft goes on (ticks, heartbeats,
+/// votes, log appends on the log-only connection), but committed entries are kept
+/// here rather than applied: they apply, in order, when the rewrite is done, and the
+/// writes waiting for them are answered then. As in etcd, writes wait during a
+/// defragmentation; what was acknowledged before was applied before it started.
+struct Defrag {
+    waiters: Vec<oneshot::Sender<Result<(), RequestError>>>,
+    done: Receiver<Result<(), String>>,
+    deferred: Vec<Entry>,
+    started: Instant,
 }
 
 /// What the rest of the member can see of the node without asking it.
@@ -120,6 +139,21 @@ pub struct NodeStatus {
     pub learner: AtomicBool,
     /// Notified whenever the applied index moves.
     pub applied: Notify,
+    /// The alarms raised in the cluster, as applied here.
+    pub alarms: std::sync::RwLock<Vec<crate::proto::etcdserverpb::AlarmMember>>,
+    /// Bytes of the state database's pages (what the backend quota is measured on),
+    /// as of the last applied batch.
+    pub db_size: AtomicU64,
+}
+
+impl NodeStatus {
+    /// The alarms raised in the cluster, as applied here.
+    pub fn alarms(&self) -> Vec<crate::proto::etcdserverpb::AlarmMember> {
+        self.alarms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Cheap, cloneable handle to the Raft node.
@@ -245,6 +279,13 @@ impl NodeHandle {
 
     pub fn stop(&self) {
         let _ = self.commands.send(Command::Stop);
+    }
+
+    /// Defragments the state database; completes when it is done (see `Defrag`).
+    pub async fn defragment(&self) -> Result<(), RequestError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(Command::Defragment { reply })?;
+        rx.await.unwrap_or(Err(RequestError::Stopped))
     }
 
     /// Size a request will have in the log, for etcd's `--max-request-bytes` check.
@@ -397,6 +438,10 @@ struct Node {
     /// Checkpoints the databases; knows how far the state is durable, which bounds log
     /// compaction. None for an in-memory database (tests).
     checkpointer: Option<crate::storage::Checkpointer>,
+    /// The defragmentation under way, if any.
+    defrag: Option<Defrag>,
+    /// A storage failure met while handling a command, which stops the node.
+    pending_error: Option<StorageError>,
 }
 
 impl Node {
@@ -476,6 +521,8 @@ impl Node {
             membership_changed: false,
             repropose_after_leader_change: false,
             checkpointer,
+            defrag: None,
+            pending_error: None,
         })
     }
 
@@ -518,6 +565,9 @@ impl Node {
                 for ctx in self.reads.unanswered(now, after) {
                     self.raw.read_index(self.read_context(ctx));
                 }
+            }
+            if let Some(e) = self.pending_error.take() {
+                return Err(e);
             }
             self.on_ready()?;
         }
@@ -573,9 +623,103 @@ impl Node {
             Command::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
             }
+            Command::Defragment { reply } => self.start_defrag(reply),
+            Command::DefragFinished => {
+                let finished = self.defrag.as_ref().and_then(|d| d.done.try_recv().ok());
+                if let Some(result) = finished {
+                    self.pending_error = self.finish_defrag(result).err();
+                }
+            }
             Command::Stop => return false,
         }
         true
+    }
+
+    /// Starts rewriting the state database on a thread of its own, or joins the
+    /// rewrite already under way.
+    fn start_defrag(&mut self, reply: oneshot::Sender<Result<(), RequestError>>) {
+        if let Some(d) = &mut self.defrag {
+            d.waiters.push(reply);
+            return;
+        }
+        let Some(path) = self.log.conn().path().filter(|p| !p.is_empty()) else {
+            let _ = reply.send(Ok(()));
+            return;
+        };
+        let path = std::path::PathBuf::from(path);
+        let (done_tx, done) = mpsc::sync_channel(1);
+        let wake = self.ids.commands.clone();
+        // From here on no batch may touch the state database until the rewrite is done.
+        self.log.set_state_locked(true);
+        let spawned = std::thread::Builder::new()
+            .name("defrag".into())
+            .spawn(move || {
+                let result = crate::storage::defragment(&path).map_err(|e| e.to_string());
+                let _ = done_tx.send(result);
+                // Blocking send: the Raft thread drains its queue, and must hear of it.
+                let _ = wake.send(Command::DefragFinished);
+            });
+        if let Err(e) = spawned {
+            self.log.set_state_locked(false);
+            let _ = reply.send(Err(RequestError::Internal(format!(
+                "cannot start defragmentation: {e}"
+            ))));
+            return;
+        }
+        tracing::info!("starting defragment");
+        self.defrag = Some(Defrag {
+            waiters: vec![reply],
+            done,
+            deferred: Vec::new(),
+            started: Instant::now(),
+        });
+    }
+
+    /// Ends the defragmentation: the state database is the Raft thread's again, and
+    /// the entries committed meanwhile are applied.
+    fn finish_defrag(&mut self, result: Result<(), String>) -> Result<(), StorageError> {
+        let Some(defrag) = self.defrag.take() else {
+            return Ok(());
+        };
+        self.log.set_state_locked(false);
+        match &result {
+            Ok(()) => tracing::info!(
+                took = ?defrag.started.elapsed(),
+                deferred_entries = defrag.deferred.len(),
+                "finished defragment"
+            ),
+            Err(e) => tracing::warn!(error = %e, "failed to defragment"),
+        }
+        if !defrag.deferred.is_empty() {
+            let log = self.log.clone();
+            let mut batch = log.batch(Durability::Deferred)?;
+            self.apply(&mut batch, &defrag.deferred)?;
+            batch.commit()?;
+            self.after_apply();
+            self.reads.applied(self.machine.applied_index());
+            self.raw.advance_apply_to(self.machine.applied_index());
+        }
+        for w in defrag.waiters {
+            let _ = w.send(
+                result
+                    .clone()
+                    .map_err(|e| RequestError::Internal(format!("defragment: {e}"))),
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for a defragmentation under way to end (before what cannot wait for it,
+    /// such as installing a snapshot).
+    fn wait_for_defrag(&mut self) -> Result<(), StorageError> {
+        let result = match &self.defrag {
+            Some(d) => d
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err("the defragmentation thread died".into())),
+            None => return Ok(()),
+        };
+        self.finish_defrag(result)
     }
 
     /// The Raft context of read batch `n`. The leader keys pending read indexes by
@@ -666,6 +810,7 @@ impl Node {
         self.outbox.send(rd.take_messages());
 
         if !rd.snapshot().is_empty() {
+            self.wait_for_defrag()?;
             self.install_snapshot(rd.snapshot())?;
         }
         let log = self.log.clone();
@@ -687,7 +832,10 @@ impl Node {
             batch.set_hard_state(hs)?;
         }
         let committed = rd.take_committed_entries();
-        self.apply(&mut batch, &committed)?;
+        match &mut self.defrag {
+            Some(d) => d.deferred.extend(committed),
+            None => self.apply(&mut batch, &committed)?,
+        }
         batch.commit()?;
         self.after_apply();
 
@@ -702,7 +850,9 @@ impl Node {
             self.on_soft_state(ss.leader_id, ss.raft_state);
         }
 
-        let mut light = self.raw.advance(rd);
+        // Not `advance`: that would also mark every committed entry handed out so far
+        // as applied, which entries deferred by a defragmentation are not.
+        let mut light = self.raw.advance_append(rd);
         self.outbox.send(light.take_messages());
         let committed = light.take_committed_entries();
         let commit = light.commit_index();
@@ -716,12 +866,16 @@ impl Node {
             if let Some(c) = commit {
                 batch.set_commit(c)?;
             }
-            self.apply(&mut batch, &committed)?;
+            match &mut self.defrag {
+                Some(d) => d.deferred.extend(committed),
+                None => self.apply(&mut batch, &committed)?,
+            }
             batch.commit()?;
             self.after_apply();
             self.reads.applied(self.machine.applied_index());
         }
-        self.raw.advance_apply();
+        // Only what was applied: entries deferred by a defragmentation are not yet.
+        self.raw.advance_apply_to(self.machine.applied_index());
         self.publish_status();
         if std::mem::take(&mut self.repropose_after_leader_change) {
             self.repropose(Instant::now(), true);
@@ -862,6 +1016,17 @@ impl Node {
         self.published_revision = revision;
         for c in self.completions.drain(..) {
             self.proposals.complete(c.id, c.result);
+        }
+        if let Some(alarms) = self.machine.take_alarms_changed() {
+            *self
+                .status
+                .alarms
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = alarms;
+        }
+        match crate::mvcc::db_size_cached(self.log.conn()) {
+            Ok(size) => self.status.db_size.store(size as u64, Ordering::Release),
+            Err(e) => tracing::warn!(error = %e, "cannot read the state database's size"),
         }
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);

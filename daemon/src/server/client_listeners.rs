@@ -1,5 +1,7 @@
-//! The client listeners: one gRPC + HTTP server per `--listen-client-urls` entry, TLS
-//! where the URL says `https`, all stopped together.
+//! The client listeners: one gRPC + HTTP server per `--listen-client-urls` entry, and
+//! one HTTP-only server per `--listen-metrics-urls` entry (`/health`, `/livez`,
+//! `/readyz`, `/version`; `/metrics` joins them in `api::http_routes` when it exists),
+//! TLS where the URL says `https`, all stopped together.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -19,12 +21,17 @@ impl ClientListeners {
     /// Binds every URL (failing on the first that cannot be bound) and serves `ctx`.
     pub async fn serve(
         urls: &[url::Url],
+        metrics_urls: &[url::Url],
         tls: Option<Arc<rustls::ServerConfig>>,
         ctx: Arc<ApiContext>,
     ) -> Result<Self, ServerError> {
         let (stop, stop_rx) = watch::channel(false);
         let mut servers = Vec::new();
-        for url in urls {
+        let listeners = urls
+            .iter()
+            .map(|u| (u, false))
+            .chain(metrics_urls.iter().map(|u| (u, true)));
+        for (url, metrics_only) in listeners {
             let addr = listen_addr(url);
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -33,12 +40,17 @@ impl ClientListeners {
                 "https" | "unixs" => tls.clone(),
                 _ => None,
             };
-            if tls.is_some() {
-                tracing::info!(address = %addr, "serving client traffic securely");
+            let routes = if metrics_only {
+                tracing::info!(address = %addr, "serving metrics and health endpoints");
+                api::http_routes(ctx.clone())
             } else {
-                tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
-            }
-            let routes = api::routes(ctx.clone());
+                if tls.is_some() {
+                    tracing::info!(address = %addr, "serving client traffic securely");
+                } else {
+                    tracing::info!(address = %addr, "serving client traffic insecurely; this is strongly discouraged!");
+                }
+                api::routes(ctx.clone())
+            };
             let mut stop = stop_rx.clone();
             servers.push(tokio::spawn(async move {
                 tonic::transport::Server::builder()

@@ -177,7 +177,13 @@ impl Member {
             (node.clone(), transport.clone()),
             applied,
         ));
-        let clients = ClientListeners::serve(&cfg.listen_client_urls, client_tls, ctx).await?;
+        let clients = ClientListeners::serve(
+            &cfg.listen_client_urls,
+            &cfg.listen_metrics_urls,
+            client_tls,
+            ctx,
+        )
+        .await?;
         Ok(Member {
             member_id: boot.member_id,
             cfg,
@@ -314,5 +320,6 @@ fn api_context(
         strict_reconfig_check: cfg.strict_reconfig_check,
         peers,
         enable_v2: cfg.enable_v2,
+        quota_bytes: crate::config::backend_quota(cfg.quota_backend_bytes),
     }
 }

@@ -23,6 +23,7 @@
 //! read-only connections to the state database ([`ReaderPool`]), which WAL mode lets run
 //! beside the writer without blocking it.
 
+pub mod alarms;
 mod checkpointer;
 mod key_range;
 pub mod keyspace;
@@ -133,4 +134,28 @@ pub fn open_reader(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.pragma_update(None, "mmap_size", MMAP_BYTES)?;
     Ok(conn)
+}
+
+/// Rewrites the state database at `state_db` compactly (SQLite's `VACUUM`): pages
+/// freed by compaction go back to the file system and partly filled pages are packed,
+/// as etcd's defragmentation does for bbolt. Runs on its own connection; it holds the
+/// state database's write lock throughout (readers go on, on the version before), so
+/// the caller must keep its own writes away meanwhile (see `raft_node`). Then the WAL,
+/// which now holds the whole rewritten database, is copied back and cut to nothing,
+/// so the space is returned at once; if readers keep that from finishing, the
+/// checkpointer completes it later.
+pub fn defragment(state_db: &Path) -> Result<(), StorageError> {
+    let conn = rusqlite::Connection::open(state_db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.execute_batch("VACUUM")?;
+    let (busy, _, _): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    if busy != 0 {
+        tracing::info!(
+            "readers kept the defragmented WAL from being truncated now; the checkpointer will"
+        );
+    }
+    Ok(())
 }

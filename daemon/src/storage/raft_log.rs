@@ -46,6 +46,17 @@ struct Bounds {
     last_term: u64,
 }
 
+/// Opens the log database on its own (see `RaftLog::log_only`); every commit on it is
+/// fsynced, as batches holding entries must be.
+fn open_log_only(state_db: &std::path::Path) -> Result<Connection, StorageError> {
+    let conn = Connection::open(super::log_db_path(state_db))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
 /// SQLite-backed Raft storage.
 pub struct RaftLog {
     conn: Connection,
@@ -58,6 +69,13 @@ pub struct RaftLog {
     /// The last appended entries, contiguous and ending at the log's last index (or
     /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
     recent: RefCell<RecentEntries>,
+    /// A second connection to the log database alone, for batches while another
+    /// connection holds the state database's write lock (a defragmentation): the
+    /// writing connection's `BEGIN IMMEDIATE` locks both databases and would wait.
+    /// None for an in-memory database.
+    log_only: Option<Connection>,
+    /// Whether batches go to `log_only` (see [`RaftLog::set_state_locked`]).
+    state_locked: Cell<bool>,
 }
 
 /// How many of the latest entries [`RaftLog`] keeps in memory, and at most how many
@@ -153,6 +171,10 @@ impl RaftLog {
             .path()
             .filter(|p| !p.is_empty())
             .map(|p| super::snapshot::SnapshotMaker::new(p.into()));
+        let log_only = match conn.path().filter(|p| !p.is_empty()) {
+            Some(p) => Some(open_log_only(std::path::Path::new(p))?),
+            None => None,
+        };
         Ok(RaftLog {
             conn,
             bounds: Cell::new(Bounds {
@@ -168,7 +190,17 @@ impl RaftLog {
             synchronous: Cell::new(Durability::Sync),
             snapshots,
             recent: RefCell::default(),
+            log_only,
+            state_locked: Cell::new(false),
         })
+    }
+
+    /// While `locked`, batches run on a connection to the log database alone, so that
+    /// Raft keeps persisting entries while another connection rewrites the state
+    /// database. Such batches must not touch the state (apply nothing): its tables
+    /// are not there. Without a log-only connection (in memory) this does nothing.
+    pub fn set_state_locked(&self, locked: bool) {
+        self.state_locked.set(locked && self.log_only.is_some());
     }
 
     /// Entries `low..high` from memory, if all of them are there.
@@ -207,7 +239,7 @@ impl RaftLog {
 
     /// Starts the one transaction of a `Ready`.
     pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
-        if self.synchronous.get() != durability {
+        if self.synchronous.get() != durability && !self.state_locked.get() {
             let (state, log) = match durability {
                 Durability::Sync => ("NORMAL", "FULL"),
                 Durability::SyncAll => ("FULL", "FULL"),
@@ -222,7 +254,11 @@ impl RaftLog {
         // checkpointer holds it for a restarting checkpoint. A deferred transaction
         // that has read first cannot wait for the lock when it comes to write, and
         // fails with "database is locked".
-        let tx = Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)?;
+        let conn = match &self.log_only {
+            Some(log_only) if self.state_locked.get() => log_only,
+            _ => &self.conn,
+        };
+        let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
         Ok(LogBatch {
             log: self,
             tx,

@@ -94,6 +94,12 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
             id     INTEGER NOT NULL,
             PRIMARY KEY (origin, id)
         ) WITHOUT ROWID;
+        -- Raised alarms (etcd's alarm bucket): NOSPACE, CORRUPT, per member.
+        CREATE TABLE IF NOT EXISTS main.alarms (
+            member_id INTEGER NOT NULL,
+            alarm     INTEGER NOT NULL,
+            PRIMARY KEY (member_id, alarm)
+        ) WITHOUT ROWID;
         -- Cluster membership as applied from the log.
         CREATE TABLE IF NOT EXISTS main.members (
             id          INTEGER PRIMARY KEY,

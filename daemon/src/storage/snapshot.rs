@@ -19,6 +19,7 @@ use super::{Meta, StorageError};
 const OTHER_REPLICATED_TABLES: &[&str] = &[
     "leases",
     "members",
+    "alarms",
     "applied_requests_0",
     "applied_requests_1",
 ];
@@ -176,6 +177,15 @@ pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
         .chain(OTHER_REPLICATED_TABLES)
     {
         conn.execute(&format!("DELETE FROM main.{table}"), [])?;
+        // A snapshot made by a qetcd from before the table existed has none of it.
+        let in_snapshot: bool = conn.query_row(
+            "SELECT count(*) > 0 FROM snap.sqlite_master WHERE type = 'table' AND name = ?1",
+            params![table],
+            |r| r.get(0),
+        )?;
+        if !in_snapshot {
+            continue;
+        }
         conn.execute(
             &format!("INSERT INTO main.{table} SELECT * FROM snap.{table}"),
             [],
