@@ -78,7 +78,14 @@ pub fn router(ctx: Arc<ApiContext>) -> axum::Router {
     for prefix in PREFIXES {
         router = router.route(&format!("{prefix}/{{*rpc}}"), any(serve));
     }
-    router.with_state(gateway)
+    // etcd serves no `/v3alpha/`: a plain 404 there, rather than the empty answer
+    // the gRPC router gives a path it does not know.
+    router
+        .route(
+            "/v3alpha/{*rpc}",
+            any(|| async { plain(StatusCode::NOT_FOUND, "404 page not found\n") }),
+        )
+        .with_state(gateway)
 }
 
 /// The gRPC service objects the gateway calls.

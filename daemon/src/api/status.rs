@@ -60,7 +60,7 @@ pub fn http_status(code: Code) -> http::StatusCode {
         // grpc-gateway's choice for a cancelled call: 408.
         Code::Cancelled => H::REQUEST_TIMEOUT,
         Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
-        // grpc-gateway v1 deliberately answers 400, not 412, for FailedPrecondition.
+        // etcd 3.5's grpc-gateway answers 400 for FailedPrecondition (3.4's said 412).
         Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => H::BAD_REQUEST,
         Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
         Code::NotFound => H::NOT_FOUND,
