@@ -10,6 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use qetcd_tests::member::{Binary, Member, MemberSpec};
+use qetcd_tests::pki::{Ca, LeafSpec};
 use serde_json::Value;
 
 /// What the table compares, per request shape.
@@ -396,6 +397,11 @@ fn table() -> Vec<Shape> {
         ),
         shape("lease revoke", "/v3/lease/revoke", r#"{"ID":"4242"}"#),
         shape(
+            "lease keepalive of a revoked lease",
+            "/v3/lease/keepalive",
+            r#"{"ID":"4242"}"#,
+        ),
+        shape(
             "error: lease revoke of a revoked lease (kv/ path)",
             "/v3/kv/lease/revoke",
             r#"{"ID":"4242"}"#,
@@ -570,4 +576,71 @@ fn watch_stream_matches_etcd() {
             "qetcd's watch stream differs from {binary:?}'s:\n{raw:#?}\n{reference_raw:#?}"
         );
     }
+}
+
+/// The gateway shares the client listener's TLS and its client-certificate rule: with
+/// `--trusted-ca-file`, a request without a certificate from that CA gets no answer.
+#[test]
+fn gateway_over_tls_requires_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new(dir.path(), "client-ca");
+    let mut spec = MemberSpec::new("gateway-tls");
+    spec.client_scheme = "https".into();
+    let server = ca.issue("server", &LeafSpec::member("gateway-tls", &[&spec.ip]));
+    let client = ca.issue("client", &LeafSpec::client("root"));
+    let path = |p: &std::path::Path| p.display().to_string();
+    spec.extra_args = vec![
+        "--cert-file".into(),
+        path(&server.cert),
+        "--key-file".into(),
+        path(&server.key),
+        "--trusted-ca-file".into(),
+        path(&ca.cert),
+    ];
+    spec.etcdctl_args = vec![
+        "--cacert".into(),
+        path(&ca.cert),
+        "--cert".into(),
+        path(&client.cert),
+        "--key".into(),
+        path(&client.key),
+    ];
+    let member = Member::start(Binary::Qetcd, spec);
+    let curl = |with_cert: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--max-time", "30", "-w", "\n%{http_code}", "--cacert"])
+            .arg(&ca.cert);
+        if with_cert {
+            cmd.arg("--cert")
+                .arg(&client.cert)
+                .arg("--key")
+                .arg(&client.key);
+        }
+        let out = cmd
+            .args(["-X", "POST", "--data-binary"])
+            .arg(format!(
+                r#"{{"key":"{}","value":"{}"}}"#,
+                b64("tls"),
+                b64("yes")
+            ))
+            .arg(format!("{}/v3/kv/put", member.client_url()))
+            .output()
+            .expect("run curl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, said) = curl(true);
+    assert!(
+        ok && said.ends_with("\n200"),
+        "put over TLS with a certificate: {said}"
+    );
+    let (ok, said) = curl(false);
+    assert!(
+        !ok,
+        "a request without a client certificate was answered: {said}"
+    );
+    let got = member.etcdctl().run(&["get", "tls", "--print-value-only"]);
+    assert_eq!(got.ok().trim(), "yes");
 }

@@ -762,6 +762,20 @@ mod tests {
     }
 
     #[test]
+    fn the_authorization_header_becomes_the_token_metadata() {
+        let token = MetadataValue::try_from("abc.123").ok();
+        let request = with_token(&token, ());
+        assert_eq!(
+            request
+                .metadata()
+                .get("token")
+                .and_then(|v| v.to_str().ok()),
+            Some("abc.123")
+        );
+        assert!(with_token(&None, ()).metadata().get("token").is_none());
+    }
+
+    #[test]
     fn paths_are_etcds_bindings() {
         assert_eq!(Rpc::from_path("kv/lease/revoke"), Some(Rpc::LeaseRevoke));
         assert_eq!(
