@@ -447,6 +447,11 @@ fn table() -> Vec<Shape> {
     for (name, method, path) in [
         ("v3alpha is not served", "POST", "/v3alpha/kv/range"),
         ("GET is not allowed", "GET", "/v3/kv/range"),
+        (
+            "OPTIONS (CORS preflight) is answered",
+            "OPTIONS",
+            "/v3/kv/range",
+        ),
         ("unknown RPC path", "POST", "/v3/kv/nope"),
         (
             "HashKV has no path of its own",

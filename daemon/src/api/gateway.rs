@@ -220,6 +220,13 @@ async fn serve(
     let Some(rpc) = Rpc::from_path(&rpc) else {
         return plain(StatusCode::NOT_FOUND, "Not Found\n");
     };
+    if method == Method::OPTIONS {
+        // A browser's CORS preflight: etcd answers it with its CORS headers.
+        let mut response = StatusCode::OK.into_response();
+        set_gateway_headers(response.headers_mut());
+        response.headers_mut().remove(header::CONTENT_TYPE);
+        return response;
+    }
     if method != Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed\n");
     }
