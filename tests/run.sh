@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 # debootstrap and systemd-container (the systemd test boots the .deb in containers;
 # installing systemd-container also upgrades the host's systemd packages to match),
 # dnsmasq-base (the DNS server of the SRV discovery tests), curl (the discovery tests
-# make tokens as an operator would: curl -X PUT .../_config/size -d value=3).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl)
+# make tokens as an operator would: curl -X PUT .../_config/size -d value=3; the gateway
+# test sends its JSON with it), postgresql and patroni (Patroni's etcd3 mode keeps
+# PostgreSQL highly available on qetcd through the v3 HTTP/JSON gateway), python3-tooz
+# and python3-etcd3gw (tooz's etcd3+http driver: locks and groups over the gateway).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl postgresql patroni python3-tooz python3-etcd3gw)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

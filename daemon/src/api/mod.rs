@@ -3,6 +3,7 @@
 
 pub mod client_listener;
 mod cluster;
+mod gateway;
 pub mod h2_authority;
 mod http;
 mod kv;
@@ -139,7 +140,9 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
             ctx.clone(),
             learner_gate,
         ));
-    let mut router = grpc.merge(http::router(ctx.clone()));
+    let mut router = grpc
+        .merge(http::router(ctx.clone()))
+        .merge(gateway::router(ctx.clone()));
     if ctx.enable_v2 {
         router = router.merge(v2keys::router(ctx));
     }

@@ -3,7 +3,7 @@
 
 use tonic::{Code, Status};
 
-use crate::error::RequestError;
+use crate::error::{JsonRequestError, RequestError};
 
 pub fn to_status(err: RequestError) -> Status {
     use RequestError::*;
@@ -41,6 +41,36 @@ pub fn to_status(err: RequestError) -> Status {
 impl From<RequestError> for Status {
     fn from(err: RequestError) -> Self {
         to_status(err)
+    }
+}
+
+/// A gateway body that does not decode: etcd's gateway answers `InvalidArgument` for a
+/// unary RPC's body. (The first message of a client stream is `Unknown` there; the
+/// gateway makes that status itself.)
+impl From<JsonRequestError> for Status {
+    fn from(err: JsonRequestError) -> Self {
+        Status::invalid_argument(err.to_string())
+    }
+}
+
+/// The HTTP status etcd's gateway (grpc-gateway v1) answers for a gRPC code.
+pub fn http_status(code: Code) -> http::StatusCode {
+    use http::StatusCode as H;
+    match code {
+        Code::Ok => H::OK,
+        // grpc-gateway's choice for a cancelled call: 408.
+        Code::Cancelled => H::REQUEST_TIMEOUT,
+        Code::Unknown | Code::Internal | Code::DataLoss => H::INTERNAL_SERVER_ERROR,
+        // etcd 3.5's grpc-gateway answers 400 for FailedPrecondition (3.4's said 412).
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => H::BAD_REQUEST,
+        Code::DeadlineExceeded => H::GATEWAY_TIMEOUT,
+        Code::NotFound => H::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => H::CONFLICT,
+        Code::PermissionDenied => H::FORBIDDEN,
+        Code::Unauthenticated => H::UNAUTHORIZED,
+        Code::ResourceExhausted => H::TOO_MANY_REQUESTS,
+        Code::Unimplemented => H::NOT_IMPLEMENTED,
+        Code::Unavailable => H::SERVICE_UNAVAILABLE,
     }
 }
 

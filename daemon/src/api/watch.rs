@@ -210,10 +210,11 @@ impl Session {
 
     async fn cancel_compacted(&mut self, id: i64, revs: Revisions) -> Result<(), Gone> {
         self.remove(id);
-        let mut resp = self.response(id, revs.current);
+        // As etcd 3.4 and 3.5 answer: no revision in the header and no cancel reason;
+        // clients tell a compaction by `compact_revision` (seen through the gateway).
+        let mut resp = self.response(id, 0);
         resp.canceled = true;
         resp.compact_revision = revs.compacted;
-        resp.cancel_reason = RequestError::Compacted.to_string();
         self.send(resp).await
     }
 

@@ -532,7 +532,12 @@ impl Watcher {
                 };
             let time = self.clock.now();
             if message.canceled() {
-                return Some(format!("watch canceled: {}", message.cancel_reason()));
+                // etcd (and qetcd) give no reason for a compaction: its revision says it.
+                return Some(format!(
+                    "watch canceled: {} (compact revision {})",
+                    message.cancel_reason(),
+                    message.compact_revision()
+                ));
             }
             if message.events().is_empty() {
                 continue;
