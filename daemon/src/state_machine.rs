@@ -32,6 +32,11 @@ pub enum Applied {
     LeaseGrant(crate::proto::etcdserverpb::LeaseGrantResponse),
     LeaseRevoke(crate::proto::etcdserverpb::LeaseRevokeResponse),
     LeaseRenew(crate::proto::etcdserverpb::LeaseKeepAliveResponse),
+    /// An auth store change; an authentication carries its token.
+    Auth {
+        revision: i64,
+        token: Option<String>,
+    },
 }
 
 pub type ApplyResult = Result<Applied, RequestError>;
@@ -114,22 +119,35 @@ pub struct StateMachine {
     entry_term: u64,
     /// Peer URLs changed by an ordinary entry (see `take_membership_touched`).
     membership_touched: bool,
+    /// Users and roles: changed by auth entries, consulted for every write.
+    auth: std::sync::Arc<crate::auth::AuthStore>,
+    /// The log index of the entry being applied (simple tokens are named after it).
+    entry_index: u64,
+}
+
+/// Who proposed a request, as the log entry says.
+struct Caller<'a> {
+    username: &'a str,
+    revision: u64,
 }
 
 impl StateMachine {
     pub fn load(conn: &Connection, member_id: u64) -> Result<Self, StorageError> {
-        Self::with_lessor(conn, member_id, Default::default())
+        Self::with_lessor(conn, member_id, Default::default(), Default::default())
     }
 
-    /// Loads the state machine and fills `lessor` with the leases in the database.
+    /// Loads the state machine and fills `lessor` with the leases in the database and
+    /// `auth` with its users and roles.
     pub fn with_lessor(
         conn: &Connection,
         member_id: u64,
         lessor: std::sync::Arc<crate::lease::Lessor>,
+        auth: std::sync::Arc<crate::auth::AuthStore>,
     ) -> Result<Self, StorageError> {
         lessor
             .restore(conn)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        auth.reload(conn)?;
         let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
         let applied_term = Meta::AppliedTerm.get_u64(conn)?.unwrap_or(0);
@@ -144,6 +162,8 @@ impl StateMachine {
             lessor,
             entry_term: 0,
             membership_touched: false,
+            auth,
+            entry_index: 0,
         })
     }
 
@@ -169,6 +189,7 @@ impl StateMachine {
         }
         enter_generation(conn, self.applied_index, entry.index)?;
         self.entry_term = entry.term;
+        self.entry_index = entry.index;
         let conf_change = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => None, // a new leader's no-op
             EntryType::EntryNormal => {
@@ -176,7 +197,11 @@ impl StateMachine {
                     StorageError::Corrupt(format!("log entry {}: {e}", entry.index))
                 })?;
                 if first_application(conn, &req, entry.index)? {
-                    let result = self.apply_request(conn, req.request)?;
+                    let caller = Caller {
+                        username: &req.username,
+                        revision: req.auth_revision,
+                    };
+                    let result = self.apply_request(conn, &caller, req.request)?;
                     if req.origin == self.member_id {
                         completions.push(Completion { id: req.id, result });
                     }
@@ -260,13 +285,17 @@ impl StateMachine {
     fn apply_request(
         &mut self,
         conn: &Connection,
+        caller: &Caller<'_>,
         request: Option<Request>,
     ) -> Result<ApplyResult, StorageError> {
         let atomic = matches!(request, Some(Request::Txn(_)));
         if atomic {
             conn.prepare_cached("SAVEPOINT request")?.execute([])?;
         }
-        let outcome = self.dispatch(conn, request);
+        let outcome = match self.check_permission(conn, caller, request.as_ref()) {
+            Ok(()) => self.dispatch(conn, caller, request),
+            Err(e) => Err(e),
+        };
         if atomic {
             if outcome.is_err() {
                 conn.prepare_cached("ROLLBACK TO request")?.execute([])?;
@@ -279,7 +308,56 @@ impl StateMachine {
         }
     }
 
-    fn dispatch(&mut self, conn: &Connection, request: Option<Request>) -> ApplyResult {
+    /// etcd's apply-time permission checks (its `authApplierV3`): writes and what they
+    /// read, in every operation of a txn (nested ones too), and a lease revoke needs
+    /// write permission on every key attached to the lease. Auth changes are checked by
+    /// the store itself; compaction, as in etcd 3.4 and 3.5, is not checked.
+    fn check_permission(
+        &self,
+        conn: &Connection,
+        caller: &Caller<'_>,
+        request: Option<&Request>,
+    ) -> Result<(), RequestError> {
+        let auth = self.auth.state();
+        if !auth.enabled {
+            return Ok(());
+        }
+        let check = |key: &[u8], end: &[u8], access| {
+            auth.check_op(caller.username, caller.revision, key, end, access)
+        };
+        let lease_keys = |lease: i64| -> Result<(), RequestError> {
+            if lease == 0 {
+                return Ok(());
+            }
+            let mut stmt = conn.prepare_cached("SELECT key FROM kv_live WHERE lease = ?1")?;
+            let keys = stmt
+                .query_map([lease], |r| r.get::<_, Vec<u8>>(0))?
+                .collect::<Result<Vec<_>, _>>()?;
+            keys.iter()
+                .try_for_each(|k| check(k, b"", crate::auth::Access::Write))
+        };
+        match request {
+            Some(Request::Put(p)) => {
+                crate::auth::permissions::check_put(p, &check).and_then(|()| lease_keys(p.lease))
+            }
+            Some(Request::DeleteRange(d)) => crate::auth::permissions::check_delete(d, &check),
+            Some(Request::Txn(t)) => {
+                crate::auth::permissions::check_txn(t, &check)?;
+                crate::auth::permissions::txn_leases(t)
+                    .into_iter()
+                    .try_for_each(lease_keys)
+            }
+            Some(Request::LeaseRevoke(r)) => lease_keys(r.id),
+            _ => Ok(()),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: &Connection,
+        caller: &Caller<'_>,
+        request: Option<Request>,
+    ) -> ApplyResult {
         let base = self.revisions;
         let applied = match request {
             Some(Request::Put(p)) => {
@@ -334,6 +412,18 @@ impl StateMachine {
             }
             Some(Request::LeaseRenew(r)) => {
                 Applied::LeaseRenew(lease::renew(conn, &self.lessor, r.id, base.current)?)
+            }
+            Some(Request::Auth(change)) => {
+                let change = change
+                    .change
+                    .ok_or_else(|| RequestError::Internal("empty auth change".into()))?;
+                let token = self
+                    .auth
+                    .apply(conn, caller.username, &change, self.entry_index)?;
+                Applied::Auth {
+                    revision: base.current,
+                    token,
+                }
             }
             None => return Err(RequestError::Internal("empty raft request".into())),
         };

@@ -60,6 +60,10 @@ pub struct ApiContext {
     pub peers: crate::transport::PeerTransport,
     /// `--enable-v2`: serve the v2 keys API subset of etcd's v2 discovery protocol.
     pub enable_v2: bool,
+    /// Users, roles and tokens (see `identity` for who a request comes from).
+    pub auth: Arc<crate::auth::AuthStore>,
+    /// `--client-cert-auth`: a verified client certificate's CN names the user.
+    pub client_cert_auth: bool,
 }
 
 impl ApiContext {

@@ -2,7 +2,7 @@
 //! that is too far behind for the log, streamed to it, and installed there.
 //!
 //! Only the replicated state travels: the key space, leases, membership, recently
-//! applied request IDs, and the revision and applied-index markers. The receiver keeps
+//! applied request IDs, the auth store, and the revision and applied-index markers. The receiver keeps
 //! its own Raft hard state and member ID; its log is reset to the snapshot's index.
 
 use std::path::{Path, PathBuf};
@@ -21,6 +21,8 @@ const OTHER_REPLICATED_TABLES: &[&str] = &[
     "members",
     "applied_requests_0",
     "applied_requests_1",
+    "auth_users",
+    "auth_roles",
 ];
 
 /// Where snapshot files of the database at `db_path` are kept.
@@ -182,6 +184,8 @@ pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
         Meta::CompactRevision,
         Meta::AppliedIndex,
         Meta::AppliedTerm,
+        Meta::AuthEnabled,
+        Meta::AuthRevision,
     ] {
         let name = m.name();
         conn.execute("DELETE FROM main.meta WHERE name = ?1", params![name])?;
