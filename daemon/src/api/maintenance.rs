@@ -70,19 +70,22 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("defragment is not supported yet"))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("hash is not supported yet"))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<HashKvRequest>,
+        req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("hashkv is not supported yet"))
     }
 
@@ -90,8 +93,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("snapshot is not supported yet"))
     }
 
@@ -99,6 +103,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         let target = req.into_inner().target_id;
         let node = &self.ctx.node;
         let target = node.transfer_leadership(Some(target)).await?;
@@ -118,8 +123,9 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _req: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("downgrade is not supported"))
     }
 }

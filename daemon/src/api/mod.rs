@@ -1,10 +1,12 @@
 //! etcd's v3 client API: gRPC services and the HTTP endpoints beside them, all on each
 //! client listener.
 
+mod auth;
 pub mod client_listener;
 mod cluster;
 pub mod h2_authority;
 mod http;
+pub mod identity;
 mod kv;
 mod lease;
 mod maintenance;
@@ -124,6 +126,9 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         ctx.clone(),
     )))
+    .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+        auth::AuthService::new(ctx.clone()),
+    ))
     .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
         lease::LeaseService::new(ctx.clone()),
     ))
