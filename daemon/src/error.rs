@@ -105,6 +105,10 @@ pub enum RequestError {
     InvalidAuthToken,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    /// A password given for a `--no-password` user. etcd has no gRPC text for it
+    /// either and sends its internal one (code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// The auth store changed between the request's authentication and its apply.
     /// etcd has no gRPC text for it and sends its internal one (code Unknown); clients
     /// recognise this text and authenticate again.

@@ -186,7 +186,11 @@ impl Session {
             let mut resp = self.response(req.watch_id, revs.current);
             resp.created = true;
             resp.canceled = true;
-            resp.cancel_reason = RequestError::PermissionDenied.to_string();
+            // etcd puts its gRPC error's whole text here, code and all.
+            resp.cancel_reason = format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                RequestError::PermissionDenied
+            );
             return self.send(resp).await;
         }
         let id = if req.watch_id != 0 {

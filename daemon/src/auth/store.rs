@@ -161,8 +161,9 @@ impl AuthState {
             return Err(RequestError::AuthNotEnabled);
         }
         match self.users.get(name) {
-            Some(u) if !no_password(u) => Ok((u.password.clone(), self.revision)),
-            _ => Err(RequestError::AuthFailed),
+            Some(u) if no_password(u) => Err(RequestError::NoPasswordUser),
+            Some(u) => Ok((u.password.clone(), self.revision)),
+            None => Err(RequestError::AuthFailed),
         }
     }
 
