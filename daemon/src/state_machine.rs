@@ -479,6 +479,7 @@ mod tests {
                 value: b"v".to_vec(),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         Entry {
             index,
@@ -486,6 +487,134 @@ mod tests {
             data: req.encode_to_vec().into(),
             ..Default::default()
         }
+    }
+
+    fn request_entry(index: u64, username: &str, auth_revision: u64, request: Request) -> Entry {
+        let req = RaftRequest {
+            id: index,
+            origin: 7,
+            username: username.into(),
+            auth_revision,
+            request: Some(request),
+        };
+        Entry {
+            index,
+            term: 1,
+            data: req.encode_to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn auth(change: crate::proto::qetcdpb::auth_change::Change) -> Request {
+        Request::Auth(crate::proto::qetcdpb::AuthChange {
+            change: Some(change),
+        })
+    }
+
+    #[test]
+    fn a_permission_revoked_between_propose_and_apply_is_honoured() {
+        use crate::proto::authpb::Permission;
+        use crate::proto::etcdserverpb::*;
+        use crate::proto::qetcdpb::auth_change::Change;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
+        let store = std::sync::Arc::new(crate::auth::AuthStore::default());
+        let mut sm =
+            StateMachine::with_lessor(&conn, 7, Default::default(), store.clone()).unwrap();
+        let grant = AuthRoleGrantPermissionRequest {
+            name: "app".into(),
+            perm: Some(Permission {
+                perm_type: 2,
+                key: b"app/".to_vec(),
+                range_end: b"app0".to_vec(),
+            }),
+        };
+        let setup = [
+            Change::UserAdd(AuthUserAddRequest {
+                name: "root".into(),
+                hashed_password: "h".into(),
+                ..Default::default()
+            }),
+            Change::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            }),
+            Change::RoleAdd(AuthRoleAddRequest { name: "app".into() }),
+            Change::RoleGrantPermission(grant),
+            Change::UserAdd(AuthUserAddRequest {
+                name: "alice".into(),
+                hashed_password: "h".into(),
+                ..Default::default()
+            }),
+            Change::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "app".into(),
+            }),
+            Change::Enable(AuthEnableRequest {}),
+        ];
+        let mut done = Vec::new();
+        let mut index = 0;
+        for change in setup {
+            index += 1;
+            sm.apply(&conn, &request_entry(index, "", 0, auth(change)), &mut done)
+                .unwrap();
+        }
+        assert!(done.iter().all(|c| c.result.is_ok()));
+        let proposed_at = store.state().revision;
+        let put = |key: &str| {
+            Request::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        };
+        let mut outcome = |sm: &mut StateMachine, user: &str, rev: u64, req: Request| {
+            index += 1;
+            let mut done = Vec::new();
+            sm.apply(&conn, &request_entry(index, user, rev, req), &mut done)
+                .unwrap();
+            done.pop().unwrap().result
+        };
+        assert!(outcome(&mut sm, "alice", proposed_at, put("app/a")).is_ok());
+        assert!(matches!(
+            outcome(&mut sm, "alice", proposed_at, put("other")),
+            Err(RequestError::PermissionDenied)
+        ));
+        assert!(matches!(
+            outcome(&mut sm, "", 0, put("app/a")),
+            Err(RequestError::UserEmpty)
+        ));
+        // A non-root user cannot change the store, whatever the API let through.
+        assert!(matches!(
+            outcome(
+                &mut sm,
+                "alice",
+                proposed_at,
+                auth(Change::RoleAdd(AuthRoleAddRequest { name: "x".into() }))
+            ),
+            Err(RequestError::PermissionDenied)
+        ));
+        let revoke = auth(Change::RoleRevokePermission(
+            AuthRoleRevokePermissionRequest {
+                role: "app".into(),
+                key: b"app/".to_vec(),
+                range_end: b"app0".to_vec(),
+            },
+        ));
+        assert!(outcome(&mut sm, "root", proposed_at, revoke).is_ok());
+        // Proposed before the revoke, applied after it.
+        assert!(matches!(
+            outcome(&mut sm, "alice", proposed_at, put("app/b")),
+            Err(RequestError::AuthOldRevision)
+        ));
+        let now = store.state().revision;
+        assert!(matches!(
+            outcome(&mut sm, "alice", now, put("app/b")),
+            Err(RequestError::PermissionDenied)
+        ));
+        // What was applied is what a restart (or a snapshot) loads.
+        let reloaded = crate::auth::AuthState::load(&conn).unwrap();
+        assert_eq!(reloaded, *store.state());
     }
 
     #[test]

@@ -207,10 +207,7 @@ impl AuthState {
                 if self.users.contains_key(&r.name) {
                     return Err(RequestError::UserAlreadyExist);
                 }
-                let options = r
-                    .options
-                    .clone()
-                    .unwrap_or(UserAddOptions { no_password: false });
+                let options = r.options.unwrap_or(UserAddOptions { no_password: false });
                 let password = if options.no_password {
                     Vec::new()
                 } else {
