@@ -76,6 +76,47 @@ pub enum RequestError {
     InvalidSortOption,
     #[error("etcdserver: not capable")]
     NotCapable,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// A password given for a `--no-password` user. etcd has no gRPC text for it
+    /// either and sends its internal one (code Unknown).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    /// The auth store changed between the request's authentication and its apply.
+    /// etcd has no gRPC text for it and sends its internal one (code Unknown); clients
+    /// recognise this text and authenticate again.
+    #[error("auth: revision in header is old")]
+    AuthOldRevision,
     /// Unexpected internal failure; the detail goes to the log, not to the client.
     #[error("etcdserver: {0}")]
     Internal(String),

@@ -14,6 +14,7 @@
 //!   drive the Raft node on its behalf; [`notify`] speaks systemd's notify protocol.
 
 pub mod api;
+pub mod auth;
 pub mod bootstrap;
 pub mod config;
 pub mod error;

@@ -36,6 +36,11 @@ pub enum Applied {
     LeaseRenew(crate::proto::etcdserverpb::LeaseKeepAliveResponse),
     /// The alarms an alarm request raised or cleared (etcd's AlarmResponse.alarms).
     Alarm(Vec<AlarmMember>),
+    /// An auth store change; an authentication carries its token.
+    Auth {
+        revision: i64,
+        token: Option<String>,
+    },
 }
 
 pub type ApplyResult = Result<Applied, RequestError>;
@@ -152,22 +157,35 @@ pub struct StateMachine {
     alarms: Vec<AlarmMember>,
     /// The alarms changed since the last `take_alarms_changed`.
     alarms_changed: bool,
+    /// Users and roles: changed by auth entries, consulted for every write.
+    auth: std::sync::Arc<crate::auth::AuthStore>,
+    /// The log index of the entry being applied (simple tokens are named after it).
+    entry_index: u64,
+}
+
+/// Who proposed a request, as the log entry says.
+struct Caller<'a> {
+    username: &'a str,
+    revision: u64,
 }
 
 impl StateMachine {
     pub fn load(conn: &Connection, member_id: u64) -> Result<Self, StorageError> {
-        Self::with_lessor(conn, member_id, Default::default())
+        Self::with_lessor(conn, member_id, Default::default(), Default::default())
     }
 
-    /// Loads the state machine and fills `lessor` with the leases in the database.
+    /// Loads the state machine and fills `lessor` with the leases in the database and
+    /// `auth` with its users and roles.
     pub fn with_lessor(
         conn: &Connection,
         member_id: u64,
         lessor: std::sync::Arc<crate::lease::Lessor>,
+        auth: std::sync::Arc<crate::auth::AuthStore>,
     ) -> Result<Self, StorageError> {
         lessor
             .restore(conn)
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        auth.reload(conn)?;
         let revisions = Revisions::load(conn).map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
         let applied_term = Meta::AppliedTerm.get_u64(conn)?.unwrap_or(0);
@@ -185,6 +203,8 @@ impl StateMachine {
             membership_touched: false,
             alarms,
             alarms_changed: true,
+            auth,
+            entry_index: 0,
         })
     }
 
@@ -210,6 +230,7 @@ impl StateMachine {
         }
         enter_generation(conn, self.applied_index, entry.index)?;
         self.entry_term = entry.term;
+        self.entry_index = entry.index;
         let conf_change = match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => None, // a new leader's no-op
             EntryType::EntryNormal => {
@@ -217,7 +238,11 @@ impl StateMachine {
                     StorageError::Corrupt(format!("log entry {}: {e}", entry.index))
                 })?;
                 if first_application(conn, &req, entry.index)? {
-                    let result = self.apply_request(conn, req.request)?;
+                    let caller = Caller {
+                        username: &req.username,
+                        revision: req.auth_revision,
+                    };
+                    let result = self.apply_request(conn, &caller, req.request)?;
                     if req.origin == self.member_id {
                         completions.push(Completion { id: req.id, result });
                     }
@@ -333,13 +358,17 @@ impl StateMachine {
     fn apply_request(
         &mut self,
         conn: &Connection,
+        caller: &Caller<'_>,
         request: Option<Request>,
     ) -> Result<ApplyResult, StorageError> {
         let atomic = matches!(request, Some(Request::Txn(_)));
         if atomic {
             conn.prepare_cached("SAVEPOINT request")?.execute([])?;
         }
-        let outcome = self.dispatch(conn, request);
+        let outcome = match self.check_permission(conn, caller, request.as_ref()) {
+            Ok(()) => self.dispatch(conn, caller, request),
+            Err(e) => Err(e),
+        };
         if atomic {
             if outcome.is_err() {
                 conn.prepare_cached("ROLLBACK TO request")?.execute([])?;
@@ -432,7 +461,53 @@ impl StateMachine {
         }
     }
 
-    fn dispatch(&mut self, conn: &Connection, request: Option<Request>) -> ApplyResult {
+    /// etcd's apply-time permission checks (its `authApplierV3`): writes and what they
+    /// read, in every operation of a txn (nested ones too), and a lease revoke needs
+    /// write permission on every key attached to the lease. Auth changes are checked by
+    /// the store itself; compaction, as in etcd 3.4 and 3.5, is not checked.
+    fn check_permission(
+        &self,
+        conn: &Connection,
+        caller: &Caller<'_>,
+        request: Option<&Request>,
+    ) -> Result<(), RequestError> {
+        let auth = self.auth.state();
+        if !auth.enabled {
+            return Ok(());
+        }
+        let check = |key: &[u8], end: &[u8], access| {
+            auth.check_op(caller.username, caller.revision, key, end, access)
+        };
+        let lease_keys = |lease: i64| -> Result<(), RequestError> {
+            if lease == 0 {
+                return Ok(());
+            }
+            crate::storage::keyspace::lease_keys(conn, lease)?
+                .iter()
+                .try_for_each(|k| check(k, b"", crate::auth::Access::Write))
+        };
+        match request {
+            Some(Request::Put(p)) => {
+                crate::auth::permissions::check_put(p, &check).and_then(|()| lease_keys(p.lease))
+            }
+            Some(Request::DeleteRange(d)) => crate::auth::permissions::check_delete(d, &check),
+            Some(Request::Txn(t)) => {
+                crate::auth::permissions::check_txn(t, &check)?;
+                crate::auth::permissions::txn_leases(t)
+                    .into_iter()
+                    .try_for_each(lease_keys)
+            }
+            Some(Request::LeaseRevoke(r)) => lease_keys(r.id),
+            _ => Ok(()),
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        conn: &Connection,
+        caller: &Caller<'_>,
+        request: Option<Request>,
+    ) -> ApplyResult {
         let base = self.revisions;
         if let Some(r) = &request {
             self.refused_by_alarm(r)?;
@@ -492,6 +567,18 @@ impl StateMachine {
                 Applied::LeaseRenew(lease::renew(conn, &self.lessor, r.id, base.current)?)
             }
             Some(Request::Alarm(a)) => Applied::Alarm(self.apply_alarm(conn, &a)?),
+            Some(Request::Auth(change)) => {
+                let change = change
+                    .change
+                    .ok_or_else(|| RequestError::Internal("empty auth change".into()))?;
+                let token = self
+                    .auth
+                    .apply(conn, caller.username, &change, self.entry_index)?;
+                Applied::Auth {
+                    revision: base.current,
+                    token,
+                }
+            }
             None => return Err(RequestError::Internal("empty raft request".into())),
         };
         Ok(applied)
@@ -546,6 +633,7 @@ mod tests {
                 value: b"v".to_vec(),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         Entry {
             index,
@@ -553,6 +641,134 @@ mod tests {
             data: req.encode_to_vec().into(),
             ..Default::default()
         }
+    }
+
+    fn request_entry(index: u64, username: &str, auth_revision: u64, request: Request) -> Entry {
+        let req = RaftRequest {
+            id: index,
+            origin: 7,
+            username: username.into(),
+            auth_revision,
+            request: Some(request),
+        };
+        Entry {
+            index,
+            term: 1,
+            data: req.encode_to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn auth(change: crate::proto::qetcdpb::auth_change::Change) -> Request {
+        Request::Auth(crate::proto::qetcdpb::AuthChange {
+            change: Some(change),
+        })
+    }
+
+    #[test]
+    fn a_permission_revoked_between_propose_and_apply_is_honoured() {
+        use crate::proto::authpb::Permission;
+        use crate::proto::etcdserverpb::*;
+        use crate::proto::qetcdpb::auth_change::Change;
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
+        let store = std::sync::Arc::new(crate::auth::AuthStore::default());
+        let mut sm =
+            StateMachine::with_lessor(&conn, 7, Default::default(), store.clone()).unwrap();
+        let grant = AuthRoleGrantPermissionRequest {
+            name: "app".into(),
+            perm: Some(Permission {
+                perm_type: 2,
+                key: b"app/".to_vec(),
+                range_end: b"app0".to_vec(),
+            }),
+        };
+        let setup = [
+            Change::UserAdd(AuthUserAddRequest {
+                name: "root".into(),
+                hashed_password: "h".into(),
+                ..Default::default()
+            }),
+            Change::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "root".into(),
+                role: "root".into(),
+            }),
+            Change::RoleAdd(AuthRoleAddRequest { name: "app".into() }),
+            Change::RoleGrantPermission(grant),
+            Change::UserAdd(AuthUserAddRequest {
+                name: "alice".into(),
+                hashed_password: "h".into(),
+                ..Default::default()
+            }),
+            Change::UserGrantRole(AuthUserGrantRoleRequest {
+                user: "alice".into(),
+                role: "app".into(),
+            }),
+            Change::Enable(AuthEnableRequest {}),
+        ];
+        let mut done = Vec::new();
+        let mut index = 0;
+        for change in setup {
+            index += 1;
+            sm.apply(&conn, &request_entry(index, "", 0, auth(change)), &mut done)
+                .unwrap();
+        }
+        assert!(done.iter().all(|c| c.result.is_ok()));
+        let proposed_at = store.state().revision;
+        let put = |key: &str| {
+            Request::Put(PutRequest {
+                key: key.into(),
+                value: b"v".to_vec(),
+                ..Default::default()
+            })
+        };
+        let mut outcome = |sm: &mut StateMachine, user: &str, rev: u64, req: Request| {
+            index += 1;
+            let mut done = Vec::new();
+            sm.apply(&conn, &request_entry(index, user, rev, req), &mut done)
+                .unwrap();
+            done.pop().unwrap().result
+        };
+        assert!(outcome(&mut sm, "alice", proposed_at, put("app/a")).is_ok());
+        assert!(matches!(
+            outcome(&mut sm, "alice", proposed_at, put("other")),
+            Err(RequestError::PermissionDenied)
+        ));
+        assert!(matches!(
+            outcome(&mut sm, "", 0, put("app/a")),
+            Err(RequestError::UserEmpty)
+        ));
+        // A non-root user cannot change the store, whatever the API let through.
+        assert!(matches!(
+            outcome(
+                &mut sm,
+                "alice",
+                proposed_at,
+                auth(Change::RoleAdd(AuthRoleAddRequest { name: "x".into() }))
+            ),
+            Err(RequestError::PermissionDenied)
+        ));
+        let revoke = auth(Change::RoleRevokePermission(
+            AuthRoleRevokePermissionRequest {
+                role: "app".into(),
+                key: b"app/".to_vec(),
+                range_end: b"app0".to_vec(),
+            },
+        ));
+        assert!(outcome(&mut sm, "root", proposed_at, revoke).is_ok());
+        // Proposed before the revoke, applied after it.
+        assert!(matches!(
+            outcome(&mut sm, "alice", proposed_at, put("app/b")),
+            Err(RequestError::AuthOldRevision)
+        ));
+        let now = store.state().revision;
+        assert!(matches!(
+            outcome(&mut sm, "alice", now, put("app/b")),
+            Err(RequestError::PermissionDenied)
+        ));
+        // What was applied is what a restart (or a snapshot) loads.
+        let reloaded = crate::auth::AuthState::load(&conn).unwrap();
+        assert_eq!(reloaded, *store.state());
     }
 
     #[test]

@@ -150,13 +150,42 @@ impl AsyncWrite for ClientStream {
     }
 }
 
+/// What a request's connection tells about the client: its address and, on TLS with
+/// a client certificate, the certificate's common name (etcd's user for
+/// `--client-cert-auth`). tonic puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct ClientConnectInfo {
+    pub tcp: tonic::transport::server::TcpConnectInfo,
+    pub common_name: Option<String>,
+}
+
 impl tonic::transport::server::Connected for ClientStream {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = ClientConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
-            ClientStream::Plain(s) => s.connect_info(),
-            ClientStream::Tls(s) => s.get_ref().0.connect_info(),
+            ClientStream::Plain(s) => ClientConnectInfo {
+                tcp: s.connect_info(),
+                common_name: None,
+            },
+            ClientStream::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                // rustls presents only a chain its verifier accepted.
+                let common_name = session
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .and_then(|leaf| common_name(leaf.as_ref()));
+                ClientConnectInfo {
+                    tcp: tcp.connect_info(),
+                    common_name,
+                }
+            }
         }
     }
+}
+
+fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }

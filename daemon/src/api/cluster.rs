@@ -239,6 +239,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only, with auth on.
+        self.ctx.check_admin(&req)?;
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let texts: Vec<String> = urls.iter().map(crate::config::url_string).collect();
@@ -294,6 +296,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only, with auth on.
+        self.ctx.check_admin(&req)?;
         let id = req.into_inner().id;
         let is_member = |members: &[Member]| members.iter().any(|m| m.id == id);
         let members = self.members().await?;
@@ -313,6 +317,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only, with auth on.
+        self.ctx.check_admin(&req)?;
         let req = req.into_inner();
         let urls = peer_urls(&req.peer_ur_ls)?;
         let texts: Vec<String> = urls.iter().map(crate::config::url_string).collect();
@@ -349,6 +355,8 @@ impl Cluster for ClusterService {
         &self,
         req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        // etcd's checkMembershipOperationPermission: root only, with auth on.
+        self.ctx.check_admin(&req)?;
         let id = req.into_inner().id;
         let members = self.members().await?;
         let target = members

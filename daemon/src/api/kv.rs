@@ -32,8 +32,11 @@ fn unexpected(applied: Applied) -> Status {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let caller = self.ctx.caller_of(&req)?;
         let req = req.into_inner();
         mvcc::check_range(&req)?;
+        self.ctx
+            .check_read(caller.as_ref(), &req.key, &req.range_end)?;
         if !req.serializable {
             // A learner answers only serializable reads (etcd's rule).
             if self.ctx.node.is_learner() {
@@ -50,9 +53,10 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = self.ctx.caller_of(&req)?;
         let req = req.into_inner();
         mvcc::check_put(&req)?;
-        match self.ctx.propose(RaftRequest::Put(req)).await? {
+        match self.ctx.propose_as(RaftRequest::Put(req), caller).await? {
             Applied::Put(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -65,11 +69,16 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = self.ctx.caller_of(&req)?;
         let req = req.into_inner();
         if req.key.is_empty() {
             return Err(RequestError::EmptyKey.into());
         }
-        match self.ctx.propose(RaftRequest::DeleteRange(req)).await? {
+        match self
+            .ctx
+            .propose_as(RaftRequest::DeleteRange(req), caller)
+            .await?
+        {
             Applied::DeleteRange(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -79,9 +88,10 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let caller = self.ctx.caller_of(&req)?;
         let req = req.into_inner();
         mvcc::check_txn(&req, self.ctx.max_txn_ops)?;
-        match self.ctx.propose(RaftRequest::Txn(req)).await? {
+        match self.ctx.propose_as(RaftRequest::Txn(req), caller).await? {
             Applied::Txn(mut resp) => {
                 self.ctx.fill(&mut resp.header);
                 Ok(Response::new(resp))
@@ -94,9 +104,12 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // Any caller may compact, as in etcd 3.4 and 3.5 (neither checks it); a token
+        // given must still be valid.
+        let caller = self.ctx.caller_of(&req)?;
         match self
             .ctx
-            .propose(RaftRequest::Compaction(req.into_inner()))
+            .propose_as(RaftRequest::Compaction(req.into_inner()), caller)
             .await?
         {
             Applied::Compaction(mut resp) => {

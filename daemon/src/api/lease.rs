@@ -102,9 +102,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        // Each member checks, when applying, that the caller may write every key
+        // attached to the lease (etcd's checkLeasePuts).
+        let caller = self.ctx.caller_of(&req)?;
         match self
             .ctx
-            .propose(RaftRequest::LeaseRevoke(req.into_inner()))
+            .propose_as(RaftRequest::LeaseRevoke(req.into_inner()), caller)
             .await?
         {
             Applied::LeaseRevoke(mut resp) => {

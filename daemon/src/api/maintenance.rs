@@ -92,14 +92,16 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         self.ctx.node.defragment().await?;
         // etcd answers without a header.
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         let (hash, revision) = self.ctx.read(crate::mvcc::hash::hash_all).await?;
         Ok(Response::new(HashResponse {
             header: Some(self.ctx.header(revision)),
@@ -111,6 +113,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         let revision = req.into_inner().revision;
         let h = self
             .ctx
@@ -128,8 +131,9 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("snapshot is not supported yet"))
     }
 
@@ -137,6 +141,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         let target = req.into_inner().target_id;
         let node = &self.ctx.node;
         let target = node.transfer_leadership(Some(target)).await?;
@@ -156,8 +161,9 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _req: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.ctx.check_admin(&req)?;
         Err(Status::unimplemented("downgrade is not supported"))
     }
 }

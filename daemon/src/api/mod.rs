@@ -1,11 +1,13 @@
 //! etcd's v3 client API: gRPC services and the HTTP endpoints beside them, all on each
 //! client listener.
 
+mod auth;
 pub mod client_listener;
 mod cluster;
 mod gateway;
 pub mod h2_authority;
 mod http;
+pub mod identity;
 mod kv;
 mod lease;
 mod maintenance;
@@ -63,6 +65,10 @@ pub struct ApiContext {
     pub enable_v2: bool,
     /// The backend quota in bytes (`--quota-backend-bytes`); `None` when disabled.
     pub quota_bytes: Option<u64>,
+    /// Users, roles and tokens (see `identity` for who a request comes from).
+    pub auth: Arc<crate::auth::AuthStore>,
+    /// `--client-cert-auth`: a verified client certificate's CN names the user.
+    pub client_cert_auth: bool,
 }
 
 impl ApiContext {
@@ -123,6 +129,9 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     .add_service(ClusterServer::new(cluster::ClusterService::new(
         ctx.clone(),
     )))
+    .add_service(crate::proto::etcdserverpb::auth_server::AuthServer::new(
+        auth::AuthService::new(ctx.clone()),
+    ))
     .add_service(crate::proto::etcdserverpb::lease_server::LeaseServer::new(
         lease::LeaseService::new(ctx.clone()),
     ))

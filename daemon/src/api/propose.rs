@@ -82,6 +82,16 @@ impl ApiContext {
 
     /// Proposes a write and waits for its result, within the request timeout.
     pub async fn propose(&self, request: Request) -> Result<Applied, RequestError> {
+        self.propose_as(request, None).await
+    }
+
+    /// [`Self::propose`] for an identified caller, whose name and auth revision every
+    /// member checks permissions with when it applies the request.
+    pub async fn propose_as(
+        &self,
+        request: Request,
+        caller: Option<crate::auth::AuthInfo>,
+    ) -> Result<Applied, RequestError> {
         let len = self.node.encoded_len(&request);
         if len > self.max_request_bytes {
             return Err(RequestError::RequestTooLarge);
@@ -103,7 +113,9 @@ impl ApiContext {
             .ok()
             .and_then(|n| self.proposal_budget.0.try_acquire_many(n).ok())
             .ok_or(RequestError::TooManyRequests)?;
-        match tokio::time::timeout(self.request_timeout, self.node.propose(request)).await {
+        match tokio::time::timeout(self.request_timeout, self.node.propose_as(request, caller))
+            .await
+        {
             Ok(result) => result,
             Err(_) => Err(RequestError::Timeout),
         }

@@ -9,7 +9,11 @@ pub fn to_status(err: RequestError) -> Status {
     use RequestError::*;
     let code = match &err {
         EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-        | RequestTooLarge | InvalidSortOption | MemberBadUrls => Code::InvalidArgument,
+        | RequestTooLarge | InvalidSortOption | MemberBadUrls | UserEmpty | RoleEmpty
+        | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+        PermissionDenied => Code::PermissionDenied,
+        InvalidAuthToken => Code::Unauthenticated,
+        AuthOldRevision | NoPasswordUser => Code::Unknown,
         Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,
@@ -29,7 +33,16 @@ pub fn to_status(err: RequestError) -> Status {
         | TooManyLearners
         | MemberNotLearner
         | LearnerNotReady
-        | NotEnoughStartedMembers => Code::FailedPrecondition,
+        | NotEnoughStartedMembers
+        | RootUserNotExist
+        | RootRoleNotExist
+        | UserAlreadyExist
+        | UserNotFound
+        | RoleAlreadyExist
+        | RoleNotFound
+        | RoleNotGranted
+        | PermissionNotGranted
+        | AuthNotEnabled => Code::FailedPrecondition,
         Internal(detail) => {
             tracing::error!(error = %detail, "internal error serving a request");
             Code::Internal
@@ -103,6 +116,17 @@ mod tests {
             Code::NotFound
         );
         assert_eq!(to_status(RequestError::NoLeader).code(), Code::Unavailable);
+        let s = to_status(RequestError::PermissionDenied);
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "etcdserver: permission denied");
+        assert_eq!(
+            to_status(RequestError::InvalidAuthToken).code(),
+            Code::Unauthenticated
+        );
+        assert_eq!(
+            to_status(RequestError::UserNotFound).code(),
+            Code::FailedPrecondition
+        );
         assert_eq!(
             to_status(RequestError::RequestTooLarge).message(),
             "etcdserver: request is too large"

@@ -56,6 +56,7 @@ impl Watch for WatchService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let (tx, rx) = mpsc::channel(OUTBOX);
         let session = Session {
+            identity: (request.metadata().clone(), request.extensions().clone()),
             ctx: self.ctx.clone(),
             out: tx,
             watchers: BTreeMap::new(),
@@ -77,6 +78,9 @@ impl From<mpsc::error::SendError<Result<WatchResponse, Status>>> for Gone {
 }
 
 struct Session {
+    /// The stream's token and certificate, to identify the caller at each creation
+    /// (a token may expire while the stream stays open).
+    identity: (tonic::metadata::MetadataMap, tonic::Extensions),
     ctx: Arc<ApiContext>,
     out: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: BTreeMap<i64, Watcher>,
@@ -155,6 +159,19 @@ impl Session {
             .load(std::sync::atomic::Ordering::Acquire) as i64
     }
 
+    /// etcd's `isWatchPermitted`: the caller may read what the watch covers (an
+    /// invalid token counts as not permitted).
+    fn permitted(&self, req: &WatchCreateRequest) -> bool {
+        let (metadata, extensions) = &self.identity;
+        self.ctx
+            .caller(metadata, extensions)
+            .and_then(|caller| {
+                self.ctx
+                    .check_read(caller.as_ref(), &req.key, &req.range_end)
+            })
+            .is_ok()
+    }
+
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), Gone> {
         if self.feed.is_none() {
             self.feed = Some(self.ctx.events.subscribe());
@@ -165,6 +182,17 @@ impl Session {
                 return Ok(self.out.send(Err(Status::from(e))).await?);
             }
         };
+        if !self.permitted(&req) {
+            let mut resp = self.response(req.watch_id, revs.current);
+            resp.created = true;
+            resp.canceled = true;
+            // etcd puts its gRPC error's whole text here, code and all.
+            resp.cancel_reason = format!(
+                "rpc error: code = PermissionDenied desc = {}",
+                RequestError::PermissionDenied
+            );
+            return self.send(resp).await;
+        }
         let id = if req.watch_id != 0 {
             req.watch_id
         } else {

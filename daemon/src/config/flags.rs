@@ -417,6 +417,27 @@ pub const FLAGS: &[Flag] = &[
         "Path to the client server TLS trusted CA cert file (implies client cert authentication)."
     ),
     flag!(
+        "auth-token",
+        Text,
+        "simple",
+        SECURITY,
+        "Specify auth token specific options."
+    ),
+    flag!(
+        "auth-token-ttl",
+        Uint,
+        "300",
+        SECURITY,
+        "The lifetime in seconds of the auth token."
+    ),
+    flag!(
+        "bcrypt-cost",
+        Uint,
+        "10",
+        SECURITY,
+        "Specify bcrypt algorithm cost factor for auth password hashing."
+    ),
+    flag!(
         "auto-tls",
         Bool,
         "false",

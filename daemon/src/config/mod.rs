@@ -135,6 +135,12 @@ pub struct Config {
     /// `--force-new-cluster`: restart this member's data as a one-member cluster.
     pub force_new_cluster: bool,
     pub max_learners: u32,
+    /// `--auth-token`: `simple` (the only kind qetcd issues; see `auth`).
+    pub auth_token: String,
+    /// `--auth-token-ttl`: how long a simple token lives without use.
+    pub auth_token_ttl: Duration,
+    /// `--bcrypt-cost`: the cost of password hashes.
+    pub bcrypt_cost: u32,
     pub log_level: LogLevel,
     /// `--discovery`: a v2 discovery URL (the directory of the token on a service
     /// that speaks the v2 keys API).
@@ -444,6 +450,9 @@ impl Config {
             strict_reconfig_check: v.bool("strict-reconfig-check")?,
             force_new_cluster: v.bool("force-new-cluster")?,
             max_learners: v.uint("max-learners")? as u32,
+            auth_token: v.text("auth-token"),
+            auth_token_ttl: Duration::from_secs(v.uint("auth-token-ttl")?),
+            bcrypt_cost: v.uint("bcrypt-cost")? as u32,
             log_level,
             discovery: v.text("discovery"),
             discovery_fallback: v.text("discovery-fallback"),

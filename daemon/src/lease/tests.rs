@@ -192,6 +192,7 @@ mod through_the_state_machine {
             id: index,
             origin: 7,
             request: Some(request),
+            ..Default::default()
         };
         Entry {
             index,
@@ -211,7 +212,8 @@ mod through_the_state_machine {
     fn grant_put_renew_revoke() {
         let (_d, conn) = db();
         let lessor = Arc::new(Lessor::default());
-        let mut sm = StateMachine::with_lessor(&conn, 7, lessor.clone()).unwrap();
+        let mut sm =
+            StateMachine::with_lessor(&conn, 7, lessor.clone(), Default::default()).unwrap();
         let grant = LeaseGrantRequest { ttl: 30, id: 42 };
         match apply(&mut sm, &conn, 1, Request::LeaseGrant(grant)).result {
             Ok(Applied::LeaseGrant(r)) => assert_eq!((r.id, r.ttl), (42, 30)),
@@ -302,7 +304,7 @@ mod through_the_state_machine {
             .result
             .unwrap();
         let fresh = Arc::new(Lessor::default());
-        StateMachine::with_lessor(&conn, 7, fresh.clone()).unwrap();
+        StateMachine::with_lessor(&conn, 7, fresh.clone(), Default::default()).unwrap();
         assert_eq!(fresh.len(), 1);
         assert!(fresh.remaining(43).is_some());
     }

@@ -76,6 +76,8 @@ impl PeerOutbox for NoPeers {
 enum Command {
     Propose {
         request: Request,
+        /// Who asked, when auth identified them.
+        caller: Option<crate::auth::AuthInfo>,
         reply: ProposalReply,
     },
     ReadIndex {
@@ -192,8 +194,22 @@ impl NodeHandle {
 
     /// Proposes a request and waits until it is applied here.
     pub async fn propose(&self, request: Request) -> ApplyResult {
+        self.propose_as(request, None).await
+    }
+
+    /// Proposes a request on behalf of an authenticated caller, whose name and auth
+    /// revision go into the log entry for the permission check at apply time.
+    pub async fn propose_as(
+        &self,
+        request: Request,
+        caller: Option<crate::auth::AuthInfo>,
+    ) -> ApplyResult {
         let (reply, rx) = oneshot::channel();
-        self.submit(Command::Propose { request, reply })?;
+        self.submit(Command::Propose {
+            request,
+            caller,
+            reply,
+        })?;
         rx.await.unwrap_or(Err(RequestError::Timeout))
     }
 
@@ -290,8 +306,9 @@ impl NodeHandle {
 
     /// Size a request will have in the log, for etcd's `--max-request-bytes` check.
     pub fn encoded_len(&self, request: &Request) -> usize {
-        // The request plus the envelope's two u64 fields at their largest.
-        request.encoded_len() + 2 * 11
+        // The request plus the envelope's three u64 fields at their largest (the
+        // caller's name is limited by the token or certificate it came from).
+        request.encoded_len() + 3 * 11
     }
 
     /// Queues a command for the Raft thread without waiting: a full queue means the
@@ -348,6 +365,9 @@ impl Storage for SharedLog {
 pub struct AppliedState {
     pub lessor: Arc<Lessor>,
     pub events: Arc<EventFeed>,
+    /// Users, roles and tokens, as applied (the API reads them to authenticate and to
+    /// check permissions of reads).
+    pub auth: Arc<crate::auth::AuthStore>,
 }
 
 /// Commands that may wait for the Raft thread. It takes up to 4096 per turn of its loop;
@@ -423,6 +443,7 @@ struct Node {
     status: Arc<NodeStatus>,
     ids: NodeHandle,
     lessor: Arc<Lessor>,
+    auth: Arc<crate::auth::AuthStore>,
     events: Arc<EventFeed>,
     proposals: Proposals,
     reads: Reads,
@@ -453,8 +474,12 @@ impl Node {
         ids: NodeHandle,
         applied: AppliedState,
     ) -> Result<Self, StorageError> {
-        let AppliedState { lessor, events } = applied;
-        let machine = StateMachine::with_lessor(&conn, cfg.id, lessor.clone())?;
+        let AppliedState {
+            lessor,
+            events,
+            auth,
+        } = applied;
+        let machine = StateMachine::with_lessor(&conn, cfg.id, lessor.clone(), auth.clone())?;
         let checkpointer = conn
             .path()
             .filter(|p| !p.is_empty())
@@ -514,6 +539,7 @@ impl Node {
             status,
             ids,
             lessor,
+            auth,
             events,
             proposals: Proposals::default(),
             reads: Reads::default(),
@@ -577,11 +603,18 @@ impl Node {
     fn handle(&mut self, cmd: Command) -> bool {
         let deadline = Instant::now() + self.cfg.request_timeout;
         match cmd {
-            Command::Propose { request, reply } => {
+            Command::Propose {
+                request,
+                caller,
+                reply,
+            } => {
                 let id = self.ids.next_request_id();
+                let caller = caller.unwrap_or_default();
                 let data = RaftRequest {
                     id,
                     origin: self.cfg.id,
+                    username: caller.username,
+                    auth_revision: caller.revision,
                     request: Some(request),
                 }
                 .encode_to_vec();
@@ -903,8 +936,12 @@ impl Node {
             let mut batch = log.batch(Durability::SyncAll)?;
             crate::storage::snapshot::install_attached(batch.conn())?;
             batch.reset_to_snapshot(meta.index, meta.term, meta.get_conf_state())?;
-            let machine =
-                StateMachine::with_lessor(batch.conn(), self.cfg.id, self.lessor.clone())?;
+            let machine = StateMachine::with_lessor(
+                batch.conn(),
+                self.cfg.id,
+                self.lessor.clone(),
+                self.auth.clone(),
+            )?;
             batch.commit()?;
             self.machine = machine;
             Ok(())

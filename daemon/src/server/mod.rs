@@ -147,6 +147,10 @@ impl Member {
                 cfg.election_ticks(),
             )),
             events: Default::default(),
+            auth: Arc::new(crate::auth::AuthStore::new(
+                cfg.auth_token_ttl,
+                cfg.bcrypt_cost,
+            )),
         };
         let (node, node_thread) = raft_node::start(
             NodeConfig {
@@ -303,6 +307,8 @@ fn api_context(
         node,
         lessor: applied.lessor,
         events: applied.events,
+        auth: applied.auth,
+        client_cert_auth: cfg.client_tls.client_cert_auth,
         readers,
         cluster_id,
         member_id,

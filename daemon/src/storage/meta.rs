@@ -31,6 +31,10 @@ pub enum Meta {
     Revision,
     /// Revision up to which history has been compacted (0: never).
     CompactRevision,
+    /// Whether auth is enabled (1) or not (0 or absent).
+    AuthEnabled,
+    /// The auth store's revision, bumped by every change to users, roles or the flag.
+    AuthRevision,
 }
 
 impl Meta {
@@ -46,6 +50,8 @@ impl Meta {
             Meta::AppliedTerm => "apply.applied_term",
             Meta::Revision => "mvcc.revision",
             Meta::CompactRevision => "mvcc.compact_revision",
+            Meta::AuthEnabled => "auth.enabled",
+            Meta::AuthRevision => "auth.revision",
         }
     }
 

@@ -8,8 +8,9 @@ use super::StorageError;
 
 /// Bumped when the layout changes; a database with another version is refused.
 /// Version 2 kept the log in the state database and the history keyed by key; it is
-/// migrated (see [`migrate_v2`]).
-pub const SCHEMA_VERSION: i64 = 3;
+/// migrated (see [`migrate_v2`]). Version 3 had no auth store; migrating it only adds
+/// the (empty) auth tables, which the statements below create.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The columns of `kv_history` (after its opening parenthesis), shared by the schema
 /// and the migration that re-keys a version-2 table.
@@ -27,7 +28,7 @@ const HISTORY_COLUMNS: &str = "
 
 pub fn create(conn: &Connection) -> Result<(), StorageError> {
     let version: i64 = conn.pragma_query_value(Some("main"), "user_version", |r| r.get(0))?;
-    if version != 0 && version != 2 && version != SCHEMA_VERSION {
+    if version != 0 && version != 2 && version != 3 && version != SCHEMA_VERSION {
         return Err(StorageError::UnknownSchema {
             found: version,
             understood: SCHEMA_VERSION,
@@ -113,10 +114,24 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
         CREATE TABLE IF NOT EXISTS main.members_removed (
             id INTEGER PRIMARY KEY
         );
+        -- The auth store (etcd's authUsers / authRoles buckets): one authpb.User or
+        -- authpb.Role record per name, protobuf-encoded as etcd stores them. The enabled
+        -- flag and the auth revision are in meta.
+        CREATE TABLE IF NOT EXISTS main.auth_users (
+            name   BLOB PRIMARY KEY,
+            record BLOB NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE IF NOT EXISTS main.auth_roles (
+            name   BLOB PRIMARY KEY,
+            record BLOB NOT NULL
+        ) WITHOUT ROWID;
         ",
     ))?;
     if version == 2 {
         migrate_v2(conn)?;
+    }
+    if version == 2 || version == 3 {
+        tracing::info!("added the auth store's tables (layout version {version} -> 4)");
     }
     conn.pragma_update(Some("main"), "user_version", SCHEMA_VERSION)?;
     Ok(())

@@ -2,7 +2,7 @@
 //! that is too far behind for the log, streamed to it, and installed there.
 //!
 //! Only the replicated state travels: the key space, leases, membership, recently
-//! applied request IDs, and the revision and applied-index markers. The receiver keeps
+//! applied request IDs, the auth store, and the revision and applied-index markers. The receiver keeps
 //! its own Raft hard state and member ID; its log is reset to the snapshot's index.
 
 use std::path::{Path, PathBuf};
@@ -19,14 +19,13 @@ use super::{Meta, StorageError};
 const OTHER_REPLICATED_TABLES: &[&str] = &[
     "leases",
     "members",
+    "members_removed",
     "alarms",
     "applied_requests_0",
     "applied_requests_1",
+    "auth_users",
+    "auth_roles",
 ];
-
-/// Replicated tables added after the first release: a snapshot made by an older
-/// member, during a rolling upgrade, lacks them and stands for an empty one.
-const LATER_REPLICATED_TABLES: &[&str] = &["members_removed"];
 
 /// Where snapshot files of the database at `db_path` are kept.
 pub fn snapshot_dir(db_path: &Path) -> PathBuf {
@@ -191,23 +190,13 @@ pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
             [],
         )?;
     }
-    for table in LATER_REPLICATED_TABLES {
-        conn.execute(&format!("DELETE FROM main.{table}"), [])?;
-        let present: bool = conn
-            .prepare("SELECT 1 FROM snap.sqlite_schema WHERE type = 'table' AND name = ?1")?
-            .exists(params![table])?;
-        if present {
-            conn.execute(
-                &format!("INSERT INTO main.{table} SELECT * FROM snap.{table}"),
-                [],
-            )?;
-        }
-    }
     for m in [
         Meta::Revision,
         Meta::CompactRevision,
         Meta::AppliedIndex,
         Meta::AppliedTerm,
+        Meta::AuthEnabled,
+        Meta::AuthRevision,
     ] {
         let name = m.name();
         conn.execute("DELETE FROM main.meta WHERE name = ?1", params![name])?;
