@@ -24,6 +24,7 @@ use crate::error::RequestError;
 use crate::lease::Lessor;
 use crate::proto::qetcdpb::{RaftRequest, raft_request::Request};
 use crate::state_machine::{ApplyResult, Completion, StateMachine};
+use crate::storage::disk_space::SpaceGuard;
 use crate::storage::{Durability, RaftLog, StorageError};
 use crate::watch::EventFeed;
 
@@ -397,6 +398,9 @@ struct Node {
     /// Checkpoints the databases; knows how far the state is durable, which bounds log
     /// compaction. None for an in-memory database (tests).
     checkpointer: Option<crate::storage::Checkpointer>,
+    /// The data directory's free space (none for an in-memory store): below its
+    /// reserve, nothing is proposed or persisted (see `storage::disk_space`).
+    space: Option<SpaceGuard>,
 }
 
 impl Node {
@@ -414,6 +418,11 @@ impl Node {
             .path()
             .filter(|p| !p.is_empty())
             .map(|p| crate::storage::Checkpointer::start(p.into(), machine.applied_index()));
+        let space = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .and_then(|p| std::path::Path::new(p).parent())
+            .map(|dir| SpaceGuard::new(dir.to_path_buf()));
         let log = Rc::new(RaftLog::open(conn)?);
         let raft_cfg = raft::Config {
             id: cfg.id,
@@ -476,6 +485,7 @@ impl Node {
             membership_changed: false,
             repropose_after_leader_change: false,
             checkpointer,
+            space,
         })
     }
 
@@ -519,8 +529,16 @@ impl Node {
                     self.raw.read_index(self.read_context(ctx));
                 }
             }
-            self.on_ready()?;
+            // Short of disk space: Raft goes on receiving, but persists (and so
+            // answers) nothing until space returns; see storage::disk_space.
+            if !self.short_of_space() {
+                self.on_ready()?;
+            }
         }
+    }
+
+    fn short_of_space(&mut self) -> bool {
+        self.space.as_mut().is_some_and(|s| s.short(Instant::now()))
     }
 
     /// Returns false when the node must stop.
@@ -528,6 +546,10 @@ impl Node {
         let deadline = Instant::now() + self.cfg.request_timeout;
         match cmd {
             Command::Propose { request, reply } => {
+                if self.short_of_space() {
+                    let _ = reply.send(Err(RequestError::NoSpace));
+                    return true;
+                }
                 let id = self.ids.next_request_id();
                 let data = RaftRequest {
                     id,

@@ -24,6 +24,7 @@
 //! beside the writer without blocking it.
 
 mod checkpointer;
+pub mod disk_space;
 mod key_range;
 pub mod keyspace;
 pub mod leases;
@@ -48,9 +49,13 @@ pub use readers::{ReadGuard, ReaderPool};
 /// continue on a log it could not write.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// SQLite reported an error (I/O, corruption, full disk, ...).
+    /// SQLite reported an error (I/O, corruption, ...) other than a full disk.
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The disk filled up during a write (`SQLITE_FULL`) despite the reserve the Raft
+    /// thread keeps ([`disk_space`]); the write was rolled back, nothing is corrupt.
+    #[error("the disk is full: {0}")]
+    DiskFull(rusqlite::Error),
     /// A stored record could not be decoded.
     #[error("corrupt state database: {0}")]
     Corrupt(String),
@@ -66,6 +71,17 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<rusqlite::Error> for StorageError {
+    /// Tells a full disk apart from every other SQLite failure: the one needs space,
+    /// the others may need repair.
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StorageError::DiskFull(e),
+            _ => StorageError::Sqlite(e),
+        }
+    }
 }
 
 /// Name of the state database inside a data directory.
