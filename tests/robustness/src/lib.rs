@@ -19,4 +19,5 @@ pub mod proxy;
 pub mod recorder;
 pub mod report;
 pub mod revisions;
+pub mod tmpfs;
 pub mod watch_check;

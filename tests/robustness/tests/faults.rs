@@ -65,6 +65,9 @@ enum Net {
     /// On loopback, each peer port behind a UDP proxy that can lose and delay
     /// datagrams ([`Proxies`]); the clients in the test process.
     Proxied,
+    /// As [`Net::Loopback`], with member `member`'s data directory at `dir` (on a
+    /// small file system, say).
+    DataDirOn { member: usize, dir: PathBuf },
 }
 
 /// The port each member's peer proxy listens on in [`Net::Proxied`] (on the member's
@@ -103,6 +106,14 @@ impl Run {
         let (cluster, hosts, rt) = match net {
             Net::Loopback => {
                 let specs = Cluster::specs(&format!("{name}-"), 3, &token);
+                (Cluster::start(Binary::Qetcd, specs), None, local_runtime())
+            }
+            Net::DataDirOn { member, dir } => {
+                let mut specs = Cluster::specs(&format!("{name}-"), 3, &token);
+                // The spec leaves --data-dir to a set ETCD_DATA_DIR.
+                specs[member]
+                    .env
+                    .push(("ETCD_DATA_DIR".into(), dir.display().to_string()));
                 (Cluster::start(Binary::Qetcd, specs), None, local_runtime())
             }
             Net::Proxied => {
@@ -251,6 +262,45 @@ impl Run {
             || self.leader(among, not),
         )
         .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+    }
+
+    /// Asserts that members `a` and `b` hold the same keys at `revision` (each asked
+    /// alone, serializably, once it has applied that far).
+    fn assert_same_keys(&self, a: usize, b: usize, revision: i64) {
+        let rev = format!("--rev={revision}");
+        let keys = |i: usize| {
+            let out = self.etcdctl(
+                i,
+                &[
+                    "get",
+                    "k/",
+                    "--prefix",
+                    &rev,
+                    "--consistency=s",
+                    "-w",
+                    "json",
+                ],
+            );
+            out.success.then(|| {
+                let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+                v["kvs"].clone()
+            })
+        };
+        let of = |i: usize| {
+            wait_until(
+                &format!("member {i} to serve revision {revision}"),
+                Duration::from_secs(30),
+                || keys(i),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", self.name))
+        };
+        let expected = of(a);
+        assert!(
+            expected.as_array().is_some_and(|a| !a.is_empty()),
+            "{}: no keys at revision {revision}: {expected}",
+            self.name
+        );
+        assert_eq!(of(b), expected, "{}: members {a} and {b} differ", self.name);
     }
 
     /// Lets load run on (pacing).
@@ -578,42 +628,84 @@ fn follower_removed_and_replaced() {
     let members: Vec<usize> = remaining.iter().copied().chain([new]).collect();
     run.wait_for_leader(&members, None);
     let history = run.finish();
-
     // The new member holds every key as the others do, at the final revision.
-    let rev = format!("--rev={}", history.final_revision);
-    let keys = |i: usize| {
-        let out = run.etcdctl(
-            i,
-            &[
-                "get",
-                "k/",
-                "--prefix",
-                &rev,
-                "--consistency=s",
-                "-w",
-                "json",
-            ],
-        );
-        out.success.then(|| {
-            let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
-            v["kvs"].clone()
-        })
-    };
-    let expected = wait_until(
-        "a remaining member to serve the final revision",
-        Duration::from_secs(30),
-        || keys(remaining[0]),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        expected.as_array().is_some_and(|a| !a.is_empty()),
-        "no keys at the final revision: {expected}"
+    run.assert_same_keys(remaining[0], new, history.final_revision);
+}
+
+/// The file system under one member's data directory (a small tmpfs) fills up under
+/// load. The member stays up: it refuses writes with etcd's "database space exceeded",
+/// serves serializable reads, and the others carry on. Once the tmpfs grows
+/// (`mount -o remount,size=`) it takes writes again, catches up, and holds what the
+/// others hold. Needs root (`QETCD_SKIP_NETNS=1` skips it, as the namespace tests).
+#[test]
+fn a_member_disk_fills_up_and_space_returns() {
+    if !qetcd_tests::netns::required() {
+        return;
+    }
+    let _serial = serial();
+    const FULL: usize = 2;
+    // Declared before the run, so dropped after its members are gone.
+    let disk = qetcd_robustness::tmpfs::Tmpfs::mount(128).expect("mount a tmpfs");
+    let dir = disk.path().join("data");
+    let mut run = Run::start(
+        "disk-full",
+        Net::DataDirOn {
+            member: FULL,
+            dir: dir.clone(),
+        },
     );
-    let got = wait_until(
-        "the new member to serve the final revision",
-        Duration::from_secs(30),
-        || keys(new),
+    // The daemon keeps 16 MiB free (storage::disk_space::RESERVE_BYTES): leave a
+    // little above that for the load to fill (the log's WAL grows by pages of 4 KiB a
+    // commit between checkpoints).
+    disk.fill_leaving((16 << 20) + (256 << 10))
+        .expect("fill the tmpfs");
+    // The probe is a lease grant, a write that makes no revision: a put outside the
+    // recorded keys would leave a gap the watch checker rightly reports.
+    let grant = |run: &Run| run.etcdctl(FULL, &["lease", "grant", "600", "--command-timeout=3s"]);
+    let refusal = wait_until(
+        "the member with the full disk to refuse a write",
+        Duration::from_secs(90),
+        || {
+            let out = grant(&run);
+            (!out.success && out.stderr.contains("database space exceeded")).then_some(out.stderr)
+        },
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(got, expected, "the new member's keys differ");
+    eprintln!("disk-full: refused with: {}", refusal.trim());
+    assert!(
+        run.cluster.members[FULL].is_running(),
+        "the member with a full disk exited"
+    );
+    let read = run.etcdctl(FULL, &["get", "k/0", "--consistency=s"]);
+    assert!(
+        read.success,
+        "serializable read on the full member: {}",
+        read.stderr
+    );
+    run.wait_for_progress("with one member's disk full", during_fault_ops());
+    assert!(run.cluster.members[FULL].is_running());
+
+    disk.resize(256).expect("grow the tmpfs");
+    wait_until(
+        "the member to take writes again",
+        Duration::from_secs(60),
+        || grant(&run).success.then_some(()),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    run.wait_for_leader(&[0, 1, 2], None);
+    let history = run.finish();
+    let refused = history
+        .operations
+        .iter()
+        .filter(
+            |op| matches!(&op.outcome, Outcome::Failed(e) if e.contains("database space exceeded")),
+        )
+        .count();
+    eprintln!("disk-full: {refused} recorded writes refused for space");
+    run.assert_same_keys((FULL + 1) % 3, FULL, history.final_revision);
+    let logs = run.cluster.members[FULL].logs();
+    assert!(
+        logs.contains("disk is nearly full") && !logs.to_lowercase().contains("corrupt"),
+        "the member's log should name the full disk and no corruption"
+    );
 }
