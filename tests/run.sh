@@ -10,8 +10,9 @@ cd "$(dirname "$0")/.."
 # debootstrap and systemd-container (the systemd test boots the .deb in containers;
 # installing systemd-container also upgrades the host's systemd packages to match),
 # dnsmasq-base (the DNS server of the SRV discovery tests), curl (the discovery tests
-# make tokens as an operator would: curl -X PUT .../_config/size -d value=3).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl)
+# make tokens as an operator would: curl -X PUT .../_config/size -d value=3), sqlite3
+# (the damaged-database test folds a stopped member's WALs into its files).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl sqlite3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
