@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 # make tokens as an operator would: curl -X PUT .../_config/size -d value=3; the gateway
 # test sends its JSON with it), postgresql and patroni (Patroni's etcd3 mode keeps
 # PostgreSQL highly available on qetcd through the v3 HTTP/JSON gateway), python3-tooz
-# and python3-etcd3gw (tooz's etcd3+http driver: locks and groups over the gateway).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl postgresql patroni python3-tooz python3-etcd3gw)
+# and python3-etcd3gw (tooz's etcd3+http driver: locks and groups over the gateway),
+# sqlite3 (the damaged-database test folds a stopped member's WALs into its files).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl postgresql patroni python3-tooz python3-etcd3gw sqlite3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

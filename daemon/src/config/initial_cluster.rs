@@ -24,6 +24,15 @@ impl InitialCluster {
                 .split_once('=')
                 .ok_or_else(|| format!("invalid member {item:?}: expected name=url"))?;
             let urls = parse_url_list(url)?;
+            // `name=` with no URL: etcd parses the empty text as a URL without a
+            // scheme and refuses it so (found by the property tests: it was taken
+            // as a member without peer URLs).
+            if urls.is_empty() {
+                return Err(format!(
+                    "URL scheme must be http, https, unix, or unixs: {}",
+                    url.trim()
+                ));
+            }
             let entry = map.entry(name.to_string()).or_default();
             for u in urls {
                 if !entry.iter().any(|e| url_string(e) == url_string(&u)) {

@@ -569,6 +569,8 @@ fn clap_error(e: clap::Error) -> ConfigError {
 }
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 /// Go's `time.ParseDuration` for the units etcd's duration flags use.

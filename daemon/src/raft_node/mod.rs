@@ -24,6 +24,7 @@ use crate::error::RequestError;
 use crate::lease::Lessor;
 use crate::proto::qetcdpb::{RaftRequest, raft_request::Request};
 use crate::state_machine::{ApplyResult, Completion, StateMachine};
+use crate::storage::disk_space::SpaceGuard;
 use crate::storage::{Durability, RaftLog, StorageError};
 use crate::watch::EventFeed;
 
@@ -463,6 +464,9 @@ struct Node {
     defrag: Option<Defrag>,
     /// A storage failure met while handling a command, which stops the node.
     pending_error: Option<StorageError>,
+    /// The data directory's free space (none for an in-memory store): below its
+    /// reserve, nothing is proposed or persisted (see `storage::disk_space`).
+    space: Option<SpaceGuard>,
 }
 
 impl Node {
@@ -484,6 +488,11 @@ impl Node {
             .path()
             .filter(|p| !p.is_empty())
             .map(|p| crate::storage::Checkpointer::start(p.into(), machine.applied_index()));
+        let space = conn
+            .path()
+            .filter(|p| !p.is_empty())
+            .and_then(|p| std::path::Path::new(p).parent())
+            .map(|dir| SpaceGuard::new(dir.to_path_buf()));
         let log = Rc::new(RaftLog::open(conn)?);
         let raft_cfg = raft::Config {
             id: cfg.id,
@@ -549,6 +558,7 @@ impl Node {
             checkpointer,
             defrag: None,
             pending_error: None,
+            space,
         })
     }
 
@@ -595,8 +605,16 @@ impl Node {
             if let Some(e) = self.pending_error.take() {
                 return Err(e);
             }
-            self.on_ready()?;
+            // Short of disk space: Raft goes on receiving, but persists (and so
+            // answers) nothing until space returns; see storage::disk_space.
+            if !self.short_of_space() {
+                self.on_ready()?;
+            }
         }
+    }
+
+    fn short_of_space(&mut self) -> bool {
+        self.space.as_mut().is_some_and(|s| s.short(Instant::now()))
     }
 
     /// Returns false when the node must stop.
@@ -608,6 +626,10 @@ impl Node {
                 caller,
                 reply,
             } => {
+                if self.short_of_space() {
+                    let _ = reply.send(Err(RequestError::NoSpace));
+                    return true;
+                }
                 let id = self.ids.next_request_id();
                 let caller = caller.unwrap_or_default();
                 let data = RaftRequest {

@@ -25,6 +25,7 @@
 
 pub mod alarms;
 mod checkpointer;
+pub mod disk_space;
 mod key_range;
 pub mod keyspace;
 pub mod leases;
@@ -49,9 +50,18 @@ pub use readers::{ReadGuard, ReaderPool};
 /// continue on a log it could not write.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// SQLite reported an error (I/O, corruption, full disk, ...).
+    /// SQLite reported an error (I/O, corruption, ...) other than a full disk.
     #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The disk filled up during a write (`SQLITE_FULL`) despite the reserve the Raft
+    /// thread keeps ([`disk_space`]); the write was rolled back, nothing is corrupt.
+    #[error("the disk is full: {0}")]
+    DiskFull(rusqlite::Error),
+    /// A database file failed SQLite's structural check at start (a page overwritten,
+    /// a truncated file, ...). The member refuses to serve it; restore the member from
+    /// its peers (remove it, wipe the data directory, add it again) or from a snapshot.
+    #[error("database file {path} is damaged ({detail}); refusing to serve it")]
+    Damaged { path: PathBuf, detail: String },
     /// A stored record could not be decoded.
     #[error("corrupt state database: {0}")]
     Corrupt(String),
@@ -67,6 +77,17 @@ pub enum StorageError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<rusqlite::Error> for StorageError {
+    /// Tells a full disk apart from every other SQLite failure: the one needs space,
+    /// the others may need repair.
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StorageError::DiskFull(e),
+            _ => StorageError::Sqlite(e),
+        }
+    }
 }
 
 /// Name of the state database inside a data directory.
@@ -90,6 +111,56 @@ pub fn log_db_path(state_db: &Path) -> PathBuf {
 /// on stable storage; [`RaftLog`] lowers this per transaction when nothing in it needs
 /// an fsync); the state is `synchronous=NORMAL` (see the module docs).
 pub fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
+    let conn = open_writer_unchecked(path).map_err(|e| match e {
+        // A file so damaged that SQLite cannot even open it.
+        StorageError::Sqlite(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ) =>
+        {
+            StorageError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("{e} (in it or in its log {})", log_db_path(path).display()),
+            }
+        }
+        e => e,
+    })?;
+    check_intact(&conn, path)?;
+    schema::create(&conn)?;
+    Ok(conn)
+}
+
+/// `PRAGMA quick_check` of both databases: every page's B-tree structure, record
+/// format and freelist, read once, without the index cross-checks of
+/// `integrity_check`. Its cost is one read of each file, paid at start only: a damaged
+/// page found now is refused before anything is served from it.
+fn check_intact(conn: &rusqlite::Connection, state_db: &Path) -> Result<(), StorageError> {
+    for (schema, file) in [
+        ("main", state_db.to_path_buf()),
+        ("log", log_db_path(state_db)),
+    ] {
+        let damaged = |detail: String| StorageError::Damaged {
+            path: file.clone(),
+            detail,
+        };
+        // At most a few findings: one is enough to refuse, a few help whoever repairs.
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA {schema}.quick_check(5)"))
+            .map_err(|e| damaged(e.to_string()))?;
+        let findings: Vec<String> = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| damaged(e.to_string()))?;
+        if findings != ["ok"] {
+            // SQLite's report spans lines; the error is one.
+            return Err(damaged(findings.join("; ").replace('\n', " ")));
+        }
+    }
+    Ok(())
+}
+
+fn open_writer_unchecked(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     let conn = rusqlite::Connection::open(path)?;
     conn.execute(
         "ATTACH DATABASE ?1 AS log",
@@ -114,7 +185,6 @@ pub fn open_writer(path: &Path) -> Result<rusqlite::Connection, StorageError> {
     // The log is appended at its end and read back from RaftLog's in-memory tail.
     conn.pragma_update(Some("main"), "cache_size", -STATE_CACHE_KIB)?;
     conn.pragma_update(Some("main"), "mmap_size", MMAP_BYTES)?;
-    schema::create(&conn)?;
     Ok(conn)
 }
 

@@ -95,6 +95,11 @@ impl Verdict {
     pub async fn receive(r: &mut RecvStream) -> Result<Self, HandshakeError> {
         let mut b = [0u8; 9];
         r.read_exact(&mut b).await.map_err(io)?;
+        Self::decode(&b)
+    }
+
+    /// The answer as sent: a code byte, then an ID.
+    fn decode(b: &[u8; 9]) -> Result<Self, HandshakeError> {
         let id = u64::from_be_bytes(b[1..].try_into().expect("8 bytes"));
         Ok(match b[0] {
             0 => Verdict::Accepted,
@@ -122,6 +127,55 @@ pub fn judge(hello: &Hello, cluster_id: u64, local_id: u64, is_member: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any 29 bytes: a hello only with our magic and version, and then exactly the
+        /// hello that encodes to them.
+        #[test]
+        fn any_opening_decodes_only_with_the_magic(b in proptest::array::uniform29(any::<u8>())) {
+            match Hello::decode(&b) {
+                Ok(h) => prop_assert_eq!(h.encode(), b),
+                Err(e) => {
+                    prop_assert!(&b[..4] != MAGIC || b[4] != VERSION);
+                    prop_assert_eq!(
+                        e.to_string(),
+                        "peer handshake: not a qetcd peer (bad magic or version)"
+                    );
+                }
+            }
+            // The membership queries share the opening's size; garbage is not one.
+            if let Some(id) = crate::transport::members_query::parse_promote_query(&b) {
+                prop_assert_eq!(crate::transport::members_query::promote_query(id), b);
+            }
+        }
+
+        /// Any hello survives the trip; a byte changed in the magic or version is refused.
+        #[test]
+        fn hellos_round_trip_and_a_bad_header_is_refused(
+            cluster_id in any::<u64>(), from in any::<u64>(), to in any::<u64>(),
+            at in 0usize..5, flip in 1u8..=255,
+        ) {
+            let h = Hello { cluster_id, from, to };
+            prop_assert_eq!(Hello::decode(&h.encode()).unwrap(), h);
+            let mut bad = h.encode();
+            bad[at] ^= flip;
+            prop_assert!(Hello::decode(&bad).is_err());
+        }
+
+        /// Any 9 bytes: one of the four answers, or refused; answers round-trip.
+        #[test]
+        fn any_answer_decodes_or_is_refused(b in proptest::array::uniform9(any::<u8>())) {
+            match Verdict::decode(&b) {
+                Ok(v) => {
+                    prop_assert!(b[0] < 4);
+                    let again = Verdict::decode(&v.encode()).unwrap();
+                    prop_assert_eq!(again, v);
+                }
+                Err(_) => prop_assert!(b[0] >= 4),
+            }
+        }
+    }
 
     #[test]
     fn hello_round_trips() {

@@ -428,3 +428,75 @@ fn discovery_bootstrap_takes_a_v3_token_or_a_v2_url() {
         "inv.toml:5: cluster.discovery_token: only used with bootstrap = \"discovery\", not \"static\""
     );
 }
+
+/// Property tests: whatever the inventory text (garbage, the good one cut short, a line
+/// replaced by something else), an inventory or diagnostics that name the file and a
+/// line within it; never a panic. Proptest's default case count (256).
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Values and lines an operator might mistype, in TOML's own syntax.
+    fn line() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z_.]{1,12} = \"[a-z0-9.:/\\[\\]-]{0,20}\"",
+            "[a-z_.]{1,12} = [0-9-]{1,6}",
+            "[a-z_.]{1,12} = (true|false|\\[\\]|\\{\\})",
+            "\\[\\[?[a-z_.]{0,10}\\]?\\]",
+            Just(String::new()),
+        ]
+    }
+
+    fn check_answer(text: &str) -> Result<(), TestCaseError> {
+        let lines = text.lines().count().max(1) + 1;
+        match Inventory::parse("inv.toml", text) {
+            Ok(_) => {}
+            Err(InventoryError::Invalid(diags)) => {
+                prop_assert!(!diags.is_empty());
+                for d in &diags {
+                    prop_assert_eq!(&d.file, "inv.toml");
+                    prop_assert!(
+                        d.line >= 1 && d.line <= lines,
+                        "line {} of {}: {}",
+                        d.line,
+                        lines,
+                        d
+                    );
+                    prop_assert!(!d.message.is_empty(), "{d}");
+                }
+            }
+            Err(e) => prop_assert!(false, "not a diagnostic: {e}"),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_an_inventory_or_diagnostics(text in any::<String>()) {
+            check_answer(&text)?;
+        }
+
+        #[test]
+        fn the_good_inventory_cut_anywhere_is_answered(cut in 0..GOOD.len()) {
+            check_answer(&GOOD[..cut])?;
+        }
+
+        #[test]
+        fn the_good_inventory_with_a_line_replaced_is_answered(
+            at in 1..=GOOD.lines().count(),
+            with in line(),
+        ) {
+            check_answer(&edit(at, &with))?;
+        }
+
+        #[test]
+        fn the_good_inventory_with_lines_added_is_answered(
+            extra in proptest::collection::vec(line(), 1..4),
+            at in 1..=GOOD.lines().count(),
+        ) {
+            let original = GOOD.lines().nth(at - 1).unwrap_or_default();
+            check_answer(&edit(at, &format!("{original}\n{}", extra.join("\n"))))?;
+        }
+    }
+}

@@ -3,6 +3,9 @@
 //! watchers recording every call and return ([`recorder`]), one injected fault per run
 //! (`tests/faults.rs`), and checkers that read the recording afterwards.
 //!
+//! Peer-link faults come from network namespaces ([`netns`]: links down, blackhole
+//! routes) and from a user-space UDP proxy ([`proxy`]: loss, delay, reordering).
+//!
 //! The checkers trust nothing but the history: [`linearizability`] (per key, with the
 //! etcd model in [`model`]), [`revisions`] (the one global revision counter, across
 //! keys) and [`watch_check`] (etcd's watch guarantees). A failed check writes the
@@ -12,7 +15,9 @@ pub mod history;
 pub mod linearizability;
 pub mod model;
 pub mod netns;
+pub mod proxy;
 pub mod recorder;
 pub mod report;
 pub mod revisions;
+pub mod tmpfs;
 pub mod watch_check;

@@ -30,3 +30,57 @@ pub fn runtime_in(name: &str, worker_threads: usize) -> std::io::Result<tokio::r
         })
         .build()
 }
+
+/// A cut between two groups of hosts on one bridge: every host of one group gets a
+/// blackhole route to each address of the other (`ip route add blackhole <addr>/32`),
+/// so nothing passes either way between them while both still reach every other host
+/// (the clients' host, say). Healed by [`Cut::heal`] or on drop.
+pub struct Cut {
+    /// (namespace, address it can no longer reach).
+    routes: Vec<(String, String)>,
+}
+
+impl Cut {
+    /// Cuts `a` from `b`, each a list of (namespace, address).
+    pub fn between(a: &[(&str, &str)], b: &[(&str, &str)]) -> std::io::Result<Cut> {
+        let mut cut = Cut { routes: Vec::new() };
+        for (from, to) in [(a, b), (b, a)] {
+            for (ns, _) in from {
+                for (_, addr) in to {
+                    ip_route(ns, "add", addr)?;
+                    cut.routes.push((ns.to_string(), addr.to_string()));
+                }
+            }
+        }
+        Ok(cut)
+    }
+
+    /// Removes the routes; an error names the first one that would not go.
+    pub fn heal(mut self) -> std::io::Result<()> {
+        for (ns, addr) in std::mem::take(&mut self.routes) {
+            ip_route(&ns, "del", &addr)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for (ns, addr) in std::mem::take(&mut self.routes) {
+            let _ = ip_route(&ns, "del", &addr);
+        }
+    }
+}
+
+fn ip_route(ns: &str, verb: &str, addr: &str) -> std::io::Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(["-n", ns, "route", verb, "blackhole", &format!("{addr}/32")])
+        .output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ip -n {ns} route {verb} blackhole {addr}/32: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
