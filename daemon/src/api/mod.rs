@@ -108,6 +108,9 @@ impl ApiContext {
 
     /// A linearizable read barrier bounded by the request timeout.
     pub async fn read_barrier(&self) -> Result<(), RequestError> {
+        if cfg!(feature = "broken-local-reads") {
+            return Ok(());
+        }
         match tokio::time::timeout(self.request_timeout, self.node.read_barrier()).await {
             Ok(r) => r,
             Err(_) => Err(RequestError::Timeout),
