@@ -9,6 +9,7 @@
 //! - [`state_machine`]: applying committed entries.
 //! - [`mvcc`], [`watch`], [`lease`], [`membership`]: etcd's data model on that database.
 //! - [`api`]: the gRPC services and HTTP endpoints; [`error`] what clients are told.
+//! - [`metrics`]: the Prometheus metrics `/metrics` serves; [`logging`] etcd's log lines.
 //! - [`tls`]: certificates and TLS configs for client listeners and peers.
 //! - [`server`]: one member and its lifecycle (start, serve, stop), and the tasks that
 //!   drive the Raft node on its behalf; [`notify`] speaks systemd's notify protocol.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod lease;
 pub mod logging;
 pub mod membership;
+pub mod metrics;
 pub mod mvcc;
 pub mod notify;
 pub mod proto;

@@ -29,7 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code() as u8);
         }
     };
-    qetcd::logging::init(config.log_level.as_str());
+    if let Err(e) = qetcd::logging::init(config.log_level, config.log_format, &config.log_outputs) {
+        eprintln!("qetcd: {e}");
+        return ExitCode::FAILURE;
+    }
     for w in warnings {
         tracing::warn!("{w}");
     }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cluster;
 pub mod etcd35;
 pub mod etcdctl;
+pub mod log_lines;
 pub mod member;
 pub mod netns;
 pub mod pki;

@@ -250,7 +250,7 @@ impl Member {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text = crate::log_lines::readable(&std::fs::read_to_string(&log).unwrap_or_default());
         (status.ok().and_then(|s: ExitStatus| s.code()), text)
     }
 
@@ -297,8 +297,14 @@ impl Member {
         Etcdctl::new(&self.client_url()).with_args(&self.spec.etcdctl_args)
     }
 
-    /// Everything the member logged so far.
+    /// Everything the member logged so far, JSON lines rendered as text (see
+    /// [`crate::log_lines`]).
     pub fn logs(&self) -> String {
+        crate::log_lines::readable(&self.raw_logs())
+    }
+
+    /// Everything the member wrote to stdout and stderr so far, as written.
+    pub fn raw_logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

@@ -186,8 +186,9 @@ impl HostProcess {
         }
     }
 
+    /// What the process logged, JSON lines rendered as text (see [`crate::log_lines`]).
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        crate::log_lines::readable(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// The exit status, once the process has exited by itself.

@@ -1,5 +1,6 @@
 //! HTTP endpoints beside the gRPC services, as etcd 3.5 serves them: `/health`,
-//! `/livez` and `/readyz` (with their per-check sub-paths), and `/version`. The same
+//! `/livez` and `/readyz` (with their per-check sub-paths), `/version` and `/metrics`
+//! (see `crate::metrics`). The same
 //! router serves `--listen-metrics-urls` (see `server::metrics_listener`).
 //!
 //! `/health` answers JSON: 503 `{"health":"false","reason":R}` naming the first
@@ -30,6 +31,7 @@ pub fn router(ctx: Arc<ApiContext>) -> axum::Router {
         .route("/readyz", any(readyz))
         .route("/readyz/{check}", any(readyz))
         .route("/version", any(version))
+        .route("/metrics", any(metrics))
         .with_state(ctx)
 }
 
@@ -244,4 +246,36 @@ async fn version(req: Request) -> Response {
         StatusCode::OK,
         serde_json::json!({ "etcdserver": ETCD_VERSION, "etcdcluster": ETCD_CLUSTER_VERSION }),
     )
+}
+
+/// Prometheus's text format. The figures that cost a query (database pages in use, the
+/// number of keys) are read now, on a reading connection, rather than kept by the Raft
+/// thread.
+async fn metrics(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response {
+    if req.method() != Method::GET {
+        return method_not_allowed();
+    }
+    let figures = ctx
+        .read(|conn| {
+            let (total, in_use) = crate::mvcc::db_size(conn)?;
+            let keys: i64 = conn
+                .prepare_cached("SELECT count(*) FROM kv_live")?
+                .query_row([], |r| r.get(0))?;
+            Ok((total, in_use, keys))
+        })
+        .await;
+    match figures {
+        Ok((total, in_use, keys)) => {
+            ctx.metrics.db_total_size.set(total);
+            ctx.metrics.db_total_size_in_use.set(in_use);
+            ctx.metrics.keys_total.set(keys);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read database figures for /metrics"),
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        ctx.metrics.render(),
+    )
+        .into_response()
 }

@@ -5,6 +5,7 @@ mod auth;
 pub mod client_listener;
 mod cluster;
 mod gateway;
+mod grpc_metrics;
 pub mod h2_authority;
 mod http;
 pub mod identity;
@@ -69,6 +70,8 @@ pub struct ApiContext {
     pub auth: Arc<crate::auth::AuthStore>,
     /// `--client-cert-auth`: a verified client certificate's CN names the user.
     pub client_cert_auth: bool,
+    /// What `/metrics` serves; the gRPC layer counts calls into it.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ApiContext {
@@ -151,6 +154,11 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             learner_gate,
+        ))
+        // Outermost: calls the learner gate refuses are counted too, as in etcd.
+        .layer(axum::middleware::from_fn_with_state(
+            ctx.metrics.clone(),
+            grpc_metrics::count_calls,
         ));
     let mut router = grpc
         .merge(http::router(ctx.clone()))
@@ -161,8 +169,8 @@ pub fn routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     tonic::service::Routes::from(router)
 }
 
-/// The HTTP endpoints alone, for a `--listen-metrics-urls` listener. (`/metrics`
-/// belongs here and in [`routes`] once it is served.)
+/// The HTTP endpoints alone (`/metrics` and the health checks), for a
+/// `--listen-metrics-urls` listener.
 pub fn http_routes(ctx: Arc<ApiContext>) -> tonic::service::Routes {
     tonic::service::Routes::from(http::router(ctx))
 }

@@ -568,14 +568,21 @@ pub const FLAGS: &[Flag] = &[
         Text,
         "zap",
         LOGGING,
-        "Accepted for etcd compatibility ('zap')."
+        "Specify 'zap' for structured logging (the only logger; 'capnslog' was removed in etcd v3.5)."
+    ),
+    flag!(
+        "log-format",
+        Text,
+        "json",
+        LOGGING,
+        "Configures log format. Only supports json, console."
     ),
     flag!(
         "log-outputs",
         Text,
         "default",
         LOGGING,
-        "Accepted for etcd compatibility; qetcd logs to stderr (the journal under systemd)."
+        "Specify 'stdout' or 'stderr' to skip journald logging even when running under systemd, 'systemd/journal' to log to the journal, or list comma-separated output targets (file paths)."
     ),
     flag!(
         "listen-metrics-urls",

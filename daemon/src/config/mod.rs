@@ -56,6 +56,25 @@ impl LogLevel {
     }
 }
 
+/// `--log-format`: etcd 3.6's, JSON lines by default as etcd logs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    /// Tab-separated: time, level, caller, message, then the fields as JSON.
+    Console,
+}
+
+/// One of `--log-outputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogOutput {
+    Stderr,
+    Stdout,
+    /// systemd's journal, through its native socket.
+    Journal,
+    /// A file, appended to.
+    File(PathBuf),
+}
+
 /// Client or peer TLS settings, as given. Behaviour comes with TLS support; until then
 /// they are parsed so that etcd configurations load and scheme rules can be checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -142,6 +161,11 @@ pub struct Config {
     /// `--bcrypt-cost`: the cost of password hashes.
     pub bcrypt_cost: u32,
     pub log_level: LogLevel,
+    pub log_format: LogFormat,
+    /// `--log-outputs`, `default` resolved to stderr; never empty.
+    pub log_outputs: Vec<LogOutput>,
+    /// `--metrics`.
+    pub metrics: crate::metrics::MetricsLevel,
     /// `--discovery`: a v2 discovery URL (the directory of the token on a service
     /// that speaks the v2 keys API).
     pub discovery: String,
@@ -383,6 +407,39 @@ impl Config {
                 )));
             }
         };
+        let log_format = match v.raw("log-format") {
+            "json" | "" => LogFormat::Json,
+            "console" => LogFormat::Console,
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown log format: {other}, supported values json, console"
+                )));
+            }
+        };
+        match v.raw("logger") {
+            "zap" => {}
+            "capnslog" => {
+                return Err(ConfigError::Invalid(
+                    "--logger=capnslog is removed in v3.5".into(),
+                ));
+            }
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown logger option {other:?}"
+                )));
+            }
+        }
+        let log_outputs = parse_log_outputs(v.raw("log-outputs"))?;
+        let metrics = match v.raw("metrics") {
+            "basic" => crate::metrics::MetricsLevel::Basic,
+            "extensive" => crate::metrics::MetricsLevel::Extensive,
+            other => {
+                return Err(v.invalid(
+                    "metrics",
+                    format!("unknown metrics level {other:?}: only supports basic or extensive"),
+                ));
+            }
+        };
         let max_request_bytes = u32::try_from(v.uint("max-request-bytes")?)
             .map_err(|_| v.invalid("max-request-bytes", "value out of range".into()))?;
         let max_txn_ops = u32::try_from(v.uint("max-txn-ops")?)
@@ -454,6 +511,9 @@ impl Config {
             auth_token_ttl: Duration::from_secs(v.uint("auth-token-ttl")?),
             bcrypt_cost: v.uint("bcrypt-cost")? as u32,
             log_level,
+            log_format,
+            log_outputs,
+            metrics,
             discovery: v.text("discovery"),
             discovery_fallback: v.text("discovery-fallback"),
             discovery_proxy: v.text("discovery-proxy"),
@@ -491,6 +551,41 @@ impl Config {
         let hb = self.heartbeat_interval.as_millis().max(1);
         (self.election_timeout.as_millis() / hb) as usize
     }
+}
+
+/// `--log-outputs` as etcd reads it: comma-separated; `default` is stderr and stands
+/// alone; `systemd/journal` goes with nothing but `default`; anything else is a file.
+fn parse_log_outputs(raw: &str) -> Result<Vec<LogOutput>, ConfigError> {
+    let given: Vec<&str> = raw.split(',').filter(|o| !o.is_empty()).collect();
+    if given.len() > 1 && given.contains(&"default") {
+        return Err(ConfigError::Invalid(
+            "multi logoutput for \"default\" is not supported yet".into(),
+        ));
+    }
+    if given.len() > 1 && given.contains(&"systemd/journal") {
+        let quoted: Vec<String> = given.iter().map(|o| format!("{o:?}")).collect();
+        return Err(ConfigError::Invalid(format!(
+            "running with systemd/journal but other '--log-outputs' values ([{}]) are configured with 'default'; override 'default' value with something else",
+            quoted.join(" ")
+        )));
+    }
+    let mut outputs: Vec<LogOutput> = Vec::new();
+    for o in given {
+        let output = match o {
+            "default" | "stderr" => LogOutput::Stderr,
+            "stdout" => LogOutput::Stdout,
+            "systemd/journal" => LogOutput::Journal,
+            path => LogOutput::File(PathBuf::from(path)),
+        };
+        // etcd merges repeated outputs.
+        if !outputs.contains(&output) {
+            outputs.push(output);
+        }
+    }
+    if outputs.is_empty() {
+        outputs.push(LogOutput::Stderr);
+    }
+    Ok(outputs)
 }
 
 /// etcd's environment rules: a variable applies only to a flag not given on the command

@@ -472,3 +472,54 @@ fn backend_quota_is_read_as_etcd_reads_it() {
         "warned about, not refused"
     );
 }
+
+#[test]
+fn logging_and_metrics_flags() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.log_format, LogFormat::Json);
+    assert_eq!(c.log_outputs, vec![LogOutput::Stderr]);
+    assert_eq!(c.metrics, crate::metrics::MetricsLevel::Basic);
+    let c = parse_with(
+        &["--log-outputs", "stdout,/var/log/q.log,stdout"],
+        &[
+            ("ETCD_LOG_FORMAT", "console"),
+            ("ETCD_METRICS", "extensive"),
+        ],
+    )
+    .unwrap()
+    .0;
+    assert_eq!(c.log_format, LogFormat::Console);
+    assert_eq!(
+        c.log_outputs,
+        vec![
+            LogOutput::Stdout,
+            LogOutput::File(PathBuf::from("/var/log/q.log"))
+        ]
+    );
+    assert_eq!(c.metrics, crate::metrics::MetricsLevel::Extensive);
+    assert_eq!(
+        parse(&["--log-outputs", "systemd/journal"])
+            .unwrap()
+            .log_outputs,
+        vec![LogOutput::Journal]
+    );
+    assert_eq!(
+        err(parse(&["--log-outputs", "stderr,default"])).0,
+        "multi logoutput for \"default\" is not supported yet"
+    );
+    assert_eq!(
+        err(parse(&["--log-outputs", "systemd/journal,stderr"])).0,
+        "running with systemd/journal but other '--log-outputs' values ([\"systemd/journal\" \"stderr\"]) are configured with 'default'; override 'default' value with something else"
+    );
+    assert_eq!(
+        err(parse(&["--log-format", "xml"])).0,
+        "unknown log format: xml, supported values json, console"
+    );
+    assert_eq!(
+        err(parse(&["--logger", "capnslog"])).0,
+        "--logger=capnslog is removed in v3.5"
+    );
+    let (text, code) = err(parse(&["--metrics", "all"]));
+    assert_eq!(code, 2);
+    assert!(text.contains("for flag -metrics"), "{text}");
+}

@@ -369,6 +369,8 @@ pub struct AppliedState {
     /// Users, roles and tokens, as applied (the API reads them to authenticate and to
     /// check permissions of reads).
     pub auth: Arc<crate::auth::AuthStore>,
+    /// The member's metrics (leader, proposals, commit latencies) the node keeps current.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Commands that may wait for the Raft thread. It takes up to 4096 per turn of its loop;
@@ -467,6 +469,7 @@ struct Node {
     /// The data directory's free space (none for an in-memory store): below its
     /// reserve, nothing is proposed or persisted (see `storage::disk_space`).
     space: Option<SpaceGuard>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Node {
@@ -482,6 +485,7 @@ impl Node {
             lessor,
             events,
             auth,
+            metrics,
         } = applied;
         let machine = StateMachine::with_lessor(&conn, cfg.id, lessor.clone(), auth.clone())?;
         let checkpointer = conn
@@ -559,6 +563,7 @@ impl Node {
             defrag: None,
             pending_error: None,
             space,
+            metrics,
         })
     }
 
@@ -593,7 +598,8 @@ impl Node {
             if now >= next_tick {
                 self.raw.tick();
                 next_tick = now + self.cfg.tick_interval;
-                self.proposals.expire(now);
+                let failed = self.proposals.expire(now);
+                self.metrics.proposals_failed.inc_by(failed as u64);
                 self.reads.expire(now);
                 self.repropose(now, false);
                 // A read index lost on the way is asked again after an election timeout.
@@ -891,7 +897,14 @@ impl Node {
             Some(d) => d.deferred.extend(committed),
             None => self.apply(&mut batch, &committed)?,
         }
+        let started = Instant::now();
         batch.commit()?;
+        let took = started.elapsed().as_secs_f64();
+        if must_sync {
+            self.metrics.wal_fsync.observe(took);
+        } else {
+            self.metrics.backend_commit.observe(took);
+        }
         self.after_apply();
 
         for rs in rd.take_read_states() {
@@ -925,7 +938,11 @@ impl Node {
                 Some(d) => d.deferred.extend(committed),
                 None => self.apply(&mut batch, &committed)?,
             }
+            let started = Instant::now();
             batch.commit()?;
+            self.metrics
+                .backend_commit
+                .observe(started.elapsed().as_secs_f64());
             self.after_apply();
             self.reads.applied(self.machine.applied_index());
         }
@@ -1089,6 +1106,13 @@ impl Node {
         }
         let applied = self.machine.applied_index();
         self.status.applied_index.store(applied, Ordering::Release);
+        self.metrics.proposals_applied.set(applied as i64);
+        self.metrics
+            .is_learner
+            .set(i64::from(self.status.learner.load(Ordering::Acquire)));
+        if let Ok(size) = i64::try_from(self.status.db_size.load(Ordering::Acquire)) {
+            self.metrics.db_total_size.set(size);
+        }
         self.status
             .revision
             .store(self.machine.revisions().current as u64, Ordering::Release);
@@ -1097,7 +1121,17 @@ impl Node {
 
     fn on_soft_state(&mut self, leader: u64, role: StateRole) {
         let previous = self.status.leader.swap(leader, Ordering::AcqRel);
+        self.metrics
+            .has_leader
+            .set(i64::from(leader != raft::INVALID_ID));
+        self.metrics
+            .is_leader
+            .set(i64::from(role == StateRole::Leader));
         if previous != leader {
+            // As etcd: a change to another leader counts, losing the leader does not.
+            if leader != raft::INVALID_ID {
+                self.metrics.leader_changes.inc();
+            }
             tracing::info!(leader = %format!("{leader:x}"), role = ?role, term = self.raw.raft.term, "raft leader changed");
             // Reads not yet confirmed were asked of a leadership that is gone.
             self.reads.fail_unconfirmed(|| RequestError::LeaderChanged);
@@ -1114,6 +1148,12 @@ impl Node {
         self.status
             .commit_index
             .store(self.raw.raft.raft_log.committed, Ordering::Release);
+        self.metrics
+            .proposals_committed
+            .set(self.raw.raft.raft_log.committed as i64);
+        self.metrics
+            .proposals_pending
+            .set(self.proposals.len() as i64);
     }
 }
 

@@ -86,9 +86,19 @@ impl Proposals {
             .collect()
     }
 
-    pub fn expire(&mut self, now: Instant) {
+    /// Drops proposals past their deadline or given up by their caller; returns how
+    /// many there were (they failed).
+    pub fn expire(&mut self, now: Instant) -> usize {
+        let before = self.waiting.len();
         self.waiting
             .retain(|_, p| p.deadline > now && !p.reply.is_closed());
+        before - self.waiting.len()
+    }
+
+    /// Proposals waiting to be applied.
+    #[allow(clippy::len_without_is_empty)]
+    pub fn len(&self) -> usize {
+        self.waiting.len()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The client listeners: one gRPC + HTTP server per `--listen-client-urls` entry, and
 //! one HTTP-only server per `--listen-metrics-urls` entry (`/health`, `/livez`,
-//! `/readyz`, `/version`; `/metrics` joins them in `api::http_routes` when it exists),
+//! `/readyz`, `/version`, `/metrics`),
 //! TLS where the URL says `https`, all stopped together.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

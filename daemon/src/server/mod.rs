@@ -126,6 +126,8 @@ impl Member {
             None
         };
         let boot = bootstrap::bootstrap(&cfg, joining.as_ref())?;
+        let metrics = crate::metrics::Metrics::shared(cfg.metrics);
+        metrics.set_member_id(boot.member_id);
         let peer_addrs: Vec<SocketAddr> = cfg.listen_peer_urls.iter().map(listen_addr).collect();
         let transport = PeerTransport::bind(
             &peer_addrs,
@@ -134,6 +136,7 @@ impl Member {
             cfg.election_timeout,
             crate::storage::snapshot::snapshot_dir(&boot.db_path),
             crate::tls::peer_side::configs(&cfg)?,
+            metrics.clone(),
         )?;
         for addr in &peer_addrs {
             tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");
@@ -151,6 +154,7 @@ impl Member {
                 cfg.auth_token_ttl,
                 cfg.bcrypt_cost,
             )),
+            metrics,
         };
         let (node, node_thread) = raft_node::start(
             NodeConfig {
@@ -307,6 +311,7 @@ fn api_context(
         node,
         lessor: applied.lessor,
         events: applied.events,
+        metrics: applied.metrics,
         auth: applied.auth,
         client_cert_auth: cfg.client_tls.client_cert_auth,
         readers,

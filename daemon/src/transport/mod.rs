@@ -77,6 +77,8 @@ struct Inner {
     removed_from_cluster: watch::Sender<bool>,
     /// Where members queries ([`members_query`]) are answered from.
     membership: OnceLock<crate::storage::ReaderPool>,
+    /// Per-peer round trip and bytes (see [`sample_peer_stats`]).
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The first byte of every unidirectional stream: what it carries.
@@ -117,6 +119,7 @@ impl PeerTransport {
         election_timeout: Duration,
         snapshot_dir: std::path::PathBuf,
         tls: crate::tls::peer_side::PeerTls,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, TransportError> {
         let check_peer_address = tls.check_peer_address;
         let server = quic_config::server(tls.server, election_timeout)?;
@@ -144,6 +147,7 @@ impl PeerTransport {
             check_peer_address,
             removed_from_cluster: watch::channel(false).0,
             membership: OnceLock::new(),
+            metrics,
         });
         for ep in &inner.endpoints {
             tokio::spawn(accept_loop(inner.clone(), ep.clone()));
@@ -324,6 +328,9 @@ impl PeerOutbox for PeerTransport {
             links.insert(*id, link.clone());
             inner.runtime.spawn(send_loop(link.clone(), rx));
             inner.runtime.spawn(track_connected_since(link.clone()));
+            inner
+                .runtime
+                .spawn(sample_peer_stats(link.clone(), inner.metrics.clone()));
             let eager = inner.local_id < *id;
             inner.runtime.spawn(dial_loop(inner.clone(), link, eager));
         }
@@ -739,6 +746,45 @@ async fn dial_once(inner: &Arc<Inner>, peer: u64) -> Result<quinn::Connection, D
         conn.close(0u32.into(), b"handshake failed");
     }
     Err(DialError::Unreachable(last))
+}
+
+/// How often QUIC's figures for a peer connection are taken into the metrics.
+const PEER_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Feeds `etcd_network_peer_round_trip_time_seconds` (QUIC's smoothed RTT estimate)
+/// and the sent and received byte counters (UDP bytes of the connection, everything
+/// included) for one peer, until it is removed. Bytes a connection carried after its
+/// last sample and before it closed are not counted.
+async fn sample_peer_stats(link: Arc<Link>, metrics: Arc<crate::metrics::Metrics>) {
+    let peer = hex(link.peer);
+    let rtt = metrics.peer_round_trip.with_label_values(&[&peer]);
+    let sent = metrics.peer_sent_bytes.with_label_values(&[&peer]);
+    let received = metrics.peer_received_bytes.with_label_values(&[&peer]);
+    // (connection, bytes sent, bytes received) at the last sample.
+    let mut last: Option<(usize, u64, u64)> = None;
+    let mut ticks = tokio::time::interval(PEER_STATS_INTERVAL);
+    loop {
+        ticks.tick().await;
+        if link.removed.load(Ordering::Acquire) {
+            let _ = metrics.peer_round_trip.remove_label_values(&[&peer]);
+            let _ = metrics.peer_sent_bytes.remove_label_values(&[&peer]);
+            let _ = metrics.peer_received_bytes.remove_label_values(&[&peer]);
+            return;
+        }
+        let Some(conn) = link.conn.borrow().clone() else {
+            continue;
+        };
+        let stats = conn.stats();
+        let (tx, rx) = (stats.udp_tx.bytes, stats.udp_rx.bytes);
+        let (tx_before, rx_before) = match last {
+            Some((id, t, r)) if id == conn.stable_id() => (t, r),
+            _ => (0, 0),
+        };
+        sent.inc_by(tx.saturating_sub(tx_before));
+        received.inc_by(rx.saturating_sub(rx_before));
+        last = Some((conn.stable_id(), tx, rx));
+        rtt.observe(conn.rtt().as_secs_f64());
+    }
 }
 
 /// Writes queued messages to the peer whenever a connection is up.
