@@ -14,9 +14,11 @@
 //!   drive the Raft node on its behalf; [`notify`] speaks systemd's notify protocol.
 
 pub mod api;
+pub mod bbolt;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod etcd_backup;
 pub mod lease;
 pub mod logging;
 pub mod membership;
