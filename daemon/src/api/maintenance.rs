@@ -92,7 +92,7 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(Status::unimplemented("snapshot is not supported yet"))
+        super::snapshot::stream(&self.ctx).await
     }
 
     async fn move_leader(

@@ -31,6 +31,9 @@ pub enum Meta {
     Revision,
     /// Revision up to which history has been compacted (0: never).
     CompactRevision,
+    /// The member whose etcd data dir (made by `snapshot restore`) this state was
+    /// imported from; set only by that import.
+    ImportedEtcdMember,
 }
 
 impl Meta {
@@ -46,6 +49,7 @@ impl Meta {
             Meta::AppliedTerm => "apply.applied_term",
             Meta::Revision => "mvcc.revision",
             Meta::CompactRevision => "mvcc.compact_revision",
+            Meta::ImportedEtcdMember => "bootstrap.imported_etcd_member",
         }
     }
 
