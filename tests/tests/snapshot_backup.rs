@@ -38,9 +38,11 @@ fn restore(tool: Restorer, snapshot: &Path, spec: &MemberSpec, data_dir: &Path) 
         .arg(data_dir)
         .args([
             "--initial-cluster",
-            spec.initial_cluster
-                .as_deref()
-                .unwrap_or(&format!("{}={}", spec.name, spec.peer_url())),
+            spec.initial_cluster.as_deref().unwrap_or(&format!(
+                "{}={}",
+                spec.name,
+                spec.peer_url()
+            )),
             "--initial-cluster-token",
             spec.token.as_deref().unwrap_or("etcd-cluster"),
             "--initial-advertise-peer-urls",
@@ -60,7 +62,9 @@ fn restore(tool: Restorer, snapshot: &Path, spec: &MemberSpec, data_dir: &Path) 
 /// `snapshot save` through Debian's etcdctl into `dir/name`.
 fn save(client: &Etcdctl, dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(name);
-    client.run(&["snapshot", "save", path.to_str().unwrap()]).ok();
+    client
+        .run(&["snapshot", "save", path.to_str().unwrap()])
+        .ok();
     path
 }
 
@@ -86,7 +90,9 @@ fn lease_ids(client: &Etcdctl) -> BTreeSet<String> {
 /// carry. Returns the compacted revision.
 fn fill(client: &Etcdctl) -> i64 {
     for i in 0..20 {
-        client.run(&["put", &format!("k{i:02}"), &format!("v{i}")]).ok();
+        client
+            .run(&["put", &format!("k{i:02}"), &format!("v{i}")])
+            .ok();
     }
     client.run(&["put", "k01", "overwritten"]).ok();
     client.run(&["del", "k02"]).ok();
@@ -118,7 +124,10 @@ fn assert_same_store(source: &Etcdctl, restored: &Etcdctl, compacted: i64) {
     let (src_rev, src_kvs) = everything(source);
     let (rev, kvs) = everything(restored);
     assert_eq!(rev, src_rev, "the store revision");
-    assert_eq!(kvs, src_kvs, "every key with its revisions, version, value, lease");
+    assert_eq!(
+        kvs, src_kvs,
+        "every key with its revisions, version, value, lease"
+    );
     assert_eq!(lease_ids(restored), lease_ids(source), "the leases");
     let below = (compacted - 1).to_string();
     let out = restored.run(&["get", "k00", "--rev", &below]);
@@ -128,8 +137,12 @@ fn assert_same_store(source: &Etcdctl, restored: &Etcdctl, compacted: i64) {
     );
     let at = compacted.to_string();
     assert_eq!(
-        restored.run(&["get", "k01", "--rev", &at, "-w", "json"]).json()["kvs"],
-        source.run(&["get", "k01", "--rev", &at, "-w", "json"]).json()["kvs"],
+        restored
+            .run(&["get", "k01", "--rev", &at, "-w", "json"])
+            .json()["kvs"],
+        source
+            .run(&["get", "k01", "--rev", &at, "-w", "json"])
+            .json()["kvs"],
         "a read at the compaction point"
     );
 }
@@ -145,14 +158,17 @@ fn a_follower_snapshot_under_load_restores_into_a_new_cluster() {
     let leader = cluster.wait_for_leader(&[0, 1, 2]);
     let follower = &cluster.members[(leader + 1) % 3];
     let old_ids: BTreeSet<u64> = (0..3).map(|i| cluster.member_id(i)).collect();
-    let old_cluster_id = follower.etcdctl().run(&["get", "x", "-w", "json"]).json()["header"]
-        ["cluster_id"]
-        .as_u64()
-        .unwrap();
+    let old_cluster_id =
+        follower.etcdctl().run(&["get", "x", "-w", "json"]).json()["header"]["cluster_id"]
+            .as_u64()
+            .unwrap();
     // Bulk: values big enough that the snapshot spans many pages.
     let big = "b".repeat(20_000);
     for i in 0..30 {
-        cluster.etcdctl().run(&["put", &format!("bulk/{i:03}"), &big]).ok();
+        cluster
+            .etcdctl()
+            .run(&["put", &format!("bulk/{i:03}"), &big])
+            .ok();
     }
 
     // Write load: one writer putting fresh keys as fast as etcdctl goes, recording when
@@ -175,7 +191,12 @@ fn a_follower_snapshot_under_load_restores_into_a_new_cluster() {
         })
     };
     wait_until("the writer to get going", Duration::from_secs(60), || {
-        (cluster.etcdctl().run(&["get", "load/00020"]).stdout.contains("load/")).then_some(())
+        (cluster
+            .etcdctl()
+            .run(&["get", "load/00100"])
+            .stdout
+            .contains("load/"))
+        .then_some(())
     })
     .unwrap();
 
@@ -190,10 +211,19 @@ fn a_follower_snapshot_under_load_restores_into_a_new_cluster() {
     .unwrap();
     stop.store(true, Ordering::Relaxed);
     let log = writer.join().unwrap();
-    assert!(log.iter().any(|(_, began, _)| *began > save_ended), "writes went on after the save");
+    assert!(
+        log.iter().any(|(_, began, _)| *began > save_ended),
+        "writes went on after the save"
+    );
 
     let status = Etcdctl::new("unused")
-        .run(&["snapshot", "status", snapshot.to_str().unwrap(), "-w", "json"])
+        .run(&[
+            "snapshot",
+            "status",
+            snapshot.to_str().unwrap(),
+            "-w",
+            "json",
+        ])
         .json();
     let snap_revision = status["revision"].as_i64().unwrap();
     let snap_keys = status["totalKey"].as_i64().unwrap();
@@ -214,40 +244,59 @@ fn a_follower_snapshot_under_load_restores_into_a_new_cluster() {
     }
     let restored = Cluster { members };
 
-    let v = restored.etcdctl().run(&["get", "load/", "--prefix", "--keys-only", "-w", "json"]).json();
+    let v = restored
+        .etcdctl()
+        .run(&["get", "load/", "--prefix", "--keys-only", "-w", "json"])
+        .json();
     let present: BTreeSet<String> = v["kvs"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
         .map(|kv| {
-            String::from_utf8(qetcd_tests::etcdctl::base64_decode(kv["key"].as_str().unwrap()))
-                .unwrap()
+            String::from_utf8(qetcd_tests::etcdctl::base64_decode(
+                kv["key"].as_str().unwrap(),
+            ))
+            .unwrap()
         })
         .collect();
-    let mut before = 0;
+    let (mut before, mut after) = (0, 0);
     for (key, began, acked) in &log {
         if acked.is_some_and(|a| a < save_began) {
-            assert!(present.contains(key), "{key} was acknowledged before the save");
+            assert!(
+                present.contains(key),
+                "{key} was acknowledged before the save"
+            );
             before += 1;
         }
         if *began > save_ended {
             assert!(!present.contains(key), "{key} was written after the save");
+            after += 1;
         }
     }
     assert!(before >= 20, "{before} writes acknowledged before the save");
     let (revision, kvs) = everything(&restored.etcdctl());
-    assert_eq!(revision, snap_revision, "snapshot status shows the store revision");
+    assert_eq!(
+        revision, snap_revision,
+        "snapshot status shows the store revision"
+    );
     assert!(
         snap_keys as usize > kvs.len(),
         "snapshot status counts every record: {snap_keys} for {} keys",
         kvs.len()
     );
-    assert_eq!(kvs.len(), present.len() + 30, "load and bulk keys, nothing else");
+    assert_eq!(
+        kvs.len(),
+        present.len() + 30,
+        "load and bulk keys, nothing else"
+    );
 
     // New IDs, those restore derived, and qetcd derives the same from the new token.
     let new_ids: BTreeSet<u64> = (0..3).map(|i| restored.member_id(i)).collect();
-    assert!(new_ids.is_disjoint(&old_ids), "{new_ids:x?} vs {old_ids:x?}");
+    assert!(
+        new_ids.is_disjoint(&old_ids),
+        "{new_ids:x?} vs {old_ids:x?}"
+    );
     for id in &new_ids {
         assert!(
             restore_logs.contains(&format!("\"added-peer-id\":\"{id:x}\"")),
@@ -256,24 +305,41 @@ fn a_follower_snapshot_under_load_restores_into_a_new_cluster() {
     }
     for m in &restored.members {
         assert!(
-            m.logs().contains("the restored member IDs match those --initial-cluster-token derives"),
+            m.logs()
+                .contains("the restored member IDs match those --initial-cluster-token derives"),
             "{}",
             m.logs()
         );
     }
-    let header = restored.etcdctl().run(&["put", "after-restore", "1", "-w", "json"]).json();
-    assert_ne!(header["header"]["cluster_id"].as_u64().unwrap(), old_cluster_id);
+    let header = restored
+        .etcdctl()
+        .run(&["put", "after-restore", "1", "-w", "json"])
+        .json();
+    assert_ne!(
+        header["header"]["cluster_id"].as_u64().unwrap(),
+        old_cluster_id
+    );
     for m in &restored.members {
-        wait_until("the new write on every member", Duration::from_secs(30), || {
-            m.etcdctl()
-                .run(&["get", "after-restore", "--consistency=s"])
-                .stdout
-                .contains("after-restore")
-                .then_some(())
-        })
+        wait_until(
+            "the new write on every member",
+            Duration::from_secs(30),
+            || {
+                m.etcdctl()
+                    .run(&["get", "after-restore", "--consistency=s"])
+                    .stdout
+                    .contains("after-restore")
+                    .then_some(())
+            },
+        )
         .unwrap();
     }
-    eprintln!("restore of a follower's snapshot took {:?} in all", started.elapsed());
+    eprintln!(
+        "{before} writes acknowledged before the save (all restored), {after} begun after it \
+         (none restored), save took {:?}, snapshot {} bytes; test took {:?}",
+        save_ended - save_began,
+        std::fs::metadata(&snapshot).unwrap().len(),
+        started.elapsed()
+    );
 }
 
 fn etcd_snapshot_restores_into_qetcd(source: Binary, tool: Restorer) {
@@ -285,6 +351,36 @@ fn etcd_snapshot_restores_into_qetcd(source: Binary, tool: Restorer) {
     assert_same_store(&etcd.etcdctl(), &qetcd.etcdctl(), compacted);
     assert!(qetcd.data_dir.join("member.imported-by-qetcd").exists());
     qetcd.etcdctl().run(&["put", "more", "z"]).ok();
+    let (rev, kvs) = everything(&qetcd.etcdctl());
+
+    // A restart is a plain restart of the imported member.
+    let mut qetcd = qetcd;
+    qetcd.restart();
+    assert_eq!(everything(&qetcd.etcdctl()), (rev, kvs));
+
+    // An etcd member directory appearing beside it again is refused, untouched.
+    assert!(qetcd.terminate().is_some());
+    let other = dir.path().join("other");
+    restore(tool, &snapshot, &qetcd.spec, &other);
+    std::fs::rename(other.join("member"), qetcd.data_dir.join("member")).unwrap();
+    let before = tree(&qetcd.data_dir);
+    let data_arg = qetcd.data_dir.display().to_string();
+    let (code, log) = Member::run_to_exit(
+        Binary::Qetcd,
+        &["--name", "restored", "--data-dir", &data_arg],
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("holds both an etcd member") && log.contains(&data_arg),
+        "{log}"
+    );
+    assert_eq!(
+        tree(&qetcd.data_dir),
+        before,
+        "the data dir must not change"
+    );
 }
 
 /// (b) Debian's etcd 3.4: save, `etcdctl snapshot restore`, qetcd serves the same.
@@ -317,7 +413,10 @@ fn a_qetcd_snapshot_restores_into_etcd() {
     }
 }
 
-fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+/// Every file under `dir` with a digest of its content, but SQLite's `-shm` files: the
+/// shared-memory index every reader of a WAL-mode database rebuilds, not data.
+fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
+    use std::hash::{Hash, Hasher};
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -325,9 +424,12 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
             let p = e.unwrap().path();
             if p.is_dir() {
                 stack.push(p.clone());
-                out.insert(p, Vec::new());
-            } else {
-                out.insert(p.clone(), std::fs::read(&p).unwrap());
+                out.insert(p, (0, 0));
+            } else if !p.to_string_lossy().ends_with("-shm") {
+                let bytes = std::fs::read(&p).unwrap();
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                bytes.hash(&mut h);
+                out.insert(p.clone(), (bytes.len() as u64, h.finish()));
             }
         }
     }
@@ -350,7 +452,11 @@ fn damaged_snapshots_are_refused_by_name_and_nothing_is_written() {
     let damaged: [(&str, Vec<u8>, &str); 3] = [
         ("truncated", good[..db_len / 2].to_vec(), "is truncated"),
         ("wrong-sha256", wrong_sha, "sha256"),
-        ("not-bbolt", b"this is not a database\n".repeat(200), "is not a bbolt database"),
+        (
+            "not-bbolt",
+            b"this is not a database\n".repeat(200),
+            "is not a bbolt database",
+        ),
     ];
     for (name, bytes, why) in damaged {
         let bad = dir.path().join(format!("{name}.db"));

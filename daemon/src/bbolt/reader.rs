@@ -12,6 +12,9 @@ use super::*;
 /// means a page cycle in a damaged file.
 const MAX_DEPTH: usize = 32;
 
+/// What a walk hands each leaf element: key, value, element flags.
+type Visit<'a> = dyn FnMut(&[u8], &[u8], u32) -> Result<(), BboltError> + 'a;
+
 pub struct Reader {
     file: File,
     path: String,
@@ -171,23 +174,14 @@ impl Reader {
         })
     }
 
-    fn walk(
-        &self,
-        bucket: &Bucket,
-        visit: &mut dyn FnMut(&[u8], &[u8], u32) -> Result<(), BboltError>,
-    ) -> Result<(), BboltError> {
+    fn walk(&self, bucket: &Bucket, visit: &mut Visit<'_>) -> Result<(), BboltError> {
         match bucket {
             Bucket::Inline(page) => self.walk_page(page, 0, visit),
             Bucket::Page(id) => self.walk_id(*id, 0, visit),
         }
     }
 
-    fn walk_id(
-        &self,
-        id: u64,
-        depth: usize,
-        visit: &mut dyn FnMut(&[u8], &[u8], u32) -> Result<(), BboltError>,
-    ) -> Result<(), BboltError> {
+    fn walk_id(&self, id: u64, depth: usize, visit: &mut Visit<'_>) -> Result<(), BboltError> {
         if depth > MAX_DEPTH {
             return Err(self.corrupt(format!("B+tree deeper than {MAX_DEPTH} at page {id}")));
         }
@@ -199,7 +193,7 @@ impl Reader {
         &self,
         page: &[u8],
         depth: usize,
-        visit: &mut dyn FnMut(&[u8], &[u8], u32) -> Result<(), BboltError>,
+        visit: &mut Visit<'_>,
     ) -> Result<(), BboltError> {
         if page.len() < PAGE_HEADER {
             return Err(self.corrupt("a page shorter than its header".into()));

@@ -2,7 +2,9 @@ use std::fs::OpenOptions;
 
 use super::*;
 
-fn write(path: &std::path::Path, buckets: &[(&str, Vec<(Vec<u8>, Vec<u8>)>)]) {
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn write(path: &std::path::Path, buckets: &[(&str, Pairs)]) {
     let file = OpenOptions::new()
         .create_new(true)
         .write(true)

@@ -14,7 +14,8 @@
 //! a marker naming the imported member. The etcd files are not touched until it has
 //! committed; then `member/` is renamed to `member.imported-by-qetcd`, so that neither
 //! qetcd nor etcd mistakes it for live state again. A crash between the two is finished
-//! on the next start (the marker tells the imported member from a stranger).
+//! on the next start (the marker, and the absence of the renamed directory, tell that
+//! case from a stranger's member/ appearing beside an imported qetcd member).
 //!
 //! The member starts as a member of a new cluster does (an empty Raft log, every member
 //! a voter), with the key space already in place: every member restored from the same
@@ -51,7 +52,11 @@ pub fn import_if_restored(cfg: &Config, has_member_state: bool) -> Result<(), Bo
     if has_member_state {
         let imported = imported_member(dir)?;
         return match verdict {
-            Verdict::Restored(r) if imported == Some(r.member_id) => {
+            // The rename is the import's last step: once done, a member/ appearing
+            // again is a stranger, even one restored with the same flags.
+            Verdict::Restored(r)
+                if imported == Some(r.member_id) && !dir.join(IMPORTED_DIR).exists() =>
+            {
                 tracing::info!("finishing an import that stopped before moving member/ aside");
                 move_aside(dir)
             }
