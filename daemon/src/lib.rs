@@ -16,9 +16,11 @@
 
 pub mod api;
 pub mod auth;
+pub mod bbolt;
 pub mod bootstrap;
 pub mod config;
 pub mod error;
+pub mod etcd_backup;
 pub mod lease;
 pub mod logging;
 pub mod membership;

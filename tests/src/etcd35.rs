@@ -31,3 +31,8 @@ pub fn etcd() -> PathBuf {
     }
     bin
 }
+
+/// The `etcdutl` of etcd 3.5.1 (snapshot restore and status), installed with it.
+pub fn etcdutl() -> PathBuf {
+    etcd().with_file_name("etcdutl")
+}

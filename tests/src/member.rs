@@ -213,6 +213,23 @@ impl Member {
         m
     }
 
+    /// Starts a member on a data directory that `prepare` fills first (with, say, the
+    /// output of `etcdctl snapshot restore`); does not wait for it to serve.
+    pub fn spawn_prepared(binary: Binary, spec: MemberSpec, prepare: impl FnOnce(&Path)) -> Member {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut m = Member {
+            binary,
+            data_dir: dir.path().join("data"),
+            log: dir.path().join("member.log"),
+            spec,
+            child: None,
+            _dir: dir,
+        };
+        prepare(&m.data_dir);
+        m.launch();
+        m
+    }
+
     /// Starts a member and waits until it reports healthy.
     pub fn start(binary: Binary, spec: MemberSpec) -> Member {
         let m = Member::spawn(binary, spec);

@@ -134,7 +134,7 @@ impl Maintenance for MaintenanceService {
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.ctx.check_admin(&req)?;
-        Err(Status::unimplemented("snapshot is not supported yet"))
+        super::snapshot::stream(&self.ctx).await
     }
 
     async fn move_leader(

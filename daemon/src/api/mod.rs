@@ -13,6 +13,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod propose;
+mod snapshot;
 pub mod status;
 mod v2keys;
 mod watch;

@@ -7,6 +7,7 @@
 
 pub mod discovery;
 pub mod dns_srv;
+pub mod etcd_restore;
 mod force_new;
 pub mod join;
 
@@ -24,9 +25,18 @@ use crate::transport::members_query as join_cluster;
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     #[error(
-        "data directory {0} was written by etcd (it has a member/ directory); qetcd keeps its state in another format and will not touch it — point --data-dir at an empty directory"
+        "data directory {0} was written by etcd, and an etcd member has run in it ({1}); qetcd imports only a data dir fresh from `etcdctl snapshot restore` or `etcdutl snapshot restore` and will not touch this one — take a snapshot of it and restore that, or point --data-dir at an empty directory"
     )]
-    EtcdDataDir(PathBuf),
+    EtcdDataDir(PathBuf, String),
+    #[error(
+        "data directory {0} holds both an etcd member (member/) and a qetcd member (qetcd/) that was not imported from it; which one is current cannot be known, so qetcd will not touch either — move one of them away"
+    )]
+    HalfEtcdHalfQetcd(PathBuf),
+    #[error("cannot import the etcd snapshot restored in {dir}: {source}")]
+    EtcdRestore {
+        dir: PathBuf,
+        source: crate::etcd_backup::BackupError,
+    },
     #[error("cannot access data directory {path}: {source}")]
     DataDir {
         path: PathBuf,
@@ -78,6 +88,7 @@ pub fn bootstrap(
     joining: Option<&join_cluster::RemoteCluster>,
 ) -> Result<Bootstrapped, BootstrapError> {
     let discovered;
+    etcd_restore::import_if_restored(cfg, has_member_state(&cfg.data_dir)?)?;
     let restarting = has_member_state(&cfg.data_dir)?;
     let cfg = if !cfg.discovery_srv.is_empty() && !restarting {
         discovered = dns_srv::discover(cfg)?;
@@ -196,7 +207,11 @@ fn prepare_data_dir(dir: &Path) -> Result<(), BootstrapError> {
         source,
     };
     if dir.join("member").exists() {
-        return Err(BootstrapError::EtcdDataDir(dir.to_path_buf()));
+        // etcd_restore::import_if_restored imported or refused it before this.
+        return Err(BootstrapError::EtcdDataDir(
+            dir.to_path_buf(),
+            "it has a member/ directory".into(),
+        ));
     }
     if dir.exists() {
         let mode = fs::metadata(dir).map_err(io_err)?.permissions().mode() & 0o777;

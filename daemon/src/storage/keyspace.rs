@@ -372,6 +372,12 @@ impl<'c> Import<'c> {
         write(&self.tx, row)
     }
 
+    /// The import's transaction, for rows that must commit with it (the identity and
+    /// membership of the member being restored).
+    pub fn conn(&self) -> &Connection {
+        &self.tx
+    }
+
     /// Adds a granted lease.
     pub fn lease(&mut self, id: i64, ttl: i64) -> Result<(), StorageError> {
         super::leases::insert(&self.tx, id, ttl)

@@ -35,6 +35,9 @@ pub enum Meta {
     AuthEnabled,
     /// The auth store's revision, bumped by every change to users, roles or the flag.
     AuthRevision,
+    /// The member whose etcd data dir (made by `snapshot restore`) this state was
+    /// imported from; set only by that import.
+    ImportedEtcdMember,
 }
 
 impl Meta {
@@ -52,6 +55,7 @@ impl Meta {
             Meta::CompactRevision => "mvcc.compact_revision",
             Meta::AuthEnabled => "auth.enabled",
             Meta::AuthRevision => "auth.revision",
+            Meta::ImportedEtcdMember => "bootstrap.imported_etcd_member",
         }
     }
 

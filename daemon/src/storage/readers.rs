@@ -35,6 +35,11 @@ impl ReaderPool {
         }
     }
 
+    /// The state database the pool reads.
+    pub fn path(&self) -> &std::path::Path {
+        &self.inner.path
+    }
+
     /// Checks out a connection (opening one if none is idle).
     pub fn get(&self) -> Result<ReadGuard, StorageError> {
         let idle = self.inner.idle.lock().expect("reader pool poisoned").pop();
