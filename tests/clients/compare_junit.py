@@ -56,7 +56,12 @@ def failure_text(path, test):
 def first_line(path, test):
     """The failure message pytest recorded for a test, shortened."""
     lines = failure_text(path, test).strip().splitlines()
-    return (lines[0] if lines else "")[:160]
+    summary = lines[0] if lines else ""
+    # grpc's errors put the server's message on a later line: "details = ...".
+    details = next((line.strip() for line in lines if "details = " in line), "")
+    if details and details not in summary:
+        summary = f"{summary} {details}"
+    return summary[:240]
 
 
 def main():
