@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 # test sends its JSON with it), postgresql and patroni (Patroni's etcd3 mode keeps
 # PostgreSQL highly available on qetcd through the v3 HTTP/JSON gateway), python3-tooz
 # and python3-etcd3gw (tooz's etcd3+http driver: locks and groups over the gateway),
-# sqlite3 (the damaged-database test folds a stopped member's WALs into its files).
-packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl postgresql patroni python3-tooz python3-etcd3gw sqlite3)
+# sqlite3 (the damaged-database test folds a stopped member's WALs into its files),
+# python3-venv (the suites of python-etcd3 and aetcd run in venvs under target/ that
+# tests/clients/run-python-suites.sh fills from PyPI).
+packages=(etcd-client etcd-server protobuf-compiler libprotobuf-dev openssl debootstrap systemd-container dnsmasq-base curl postgresql patroni python3-tooz python3-etcd3gw sqlite3 python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
