@@ -108,6 +108,24 @@ pub fn remove(conn: &Connection, id: u64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Records `id` as removed without touching the members (an imported backup's
+/// `members_removed` bucket).
+pub fn record_removed(conn: &Connection, id: u64) -> Result<(), StorageError> {
+    conn.prepare_cached("INSERT OR IGNORE INTO members_removed (id) VALUES (?1)")?
+        .execute(params![id as i64])?;
+    Ok(())
+}
+
+/// Every removed member's ID, ascending as unsigned numbers.
+pub fn removed_ids(conn: &Connection) -> Result<Vec<u64>, StorageError> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM members_removed")?;
+    let mut ids = stmt
+        .query_map([], |r| r.get::<_, i64>(0).map(|id| id as u64))?
+        .collect::<Result<Vec<_>, _>>()?;
+    ids.sort_unstable();
+    Ok(ids)
+}
+
 /// Whether `id` belonged to a member that was removed (etcd's `membership: ID removed`).
 pub fn is_removed(conn: &Connection, id: u64) -> Result<bool, StorageError> {
     Ok(conn

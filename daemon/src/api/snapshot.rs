@@ -16,7 +16,7 @@ use tonic::{Response, Status};
 
 use super::ApiContext;
 use crate::error::RequestError;
-use crate::etcd_backup::save::write_snapshot;
+use crate::etcd_backup::save::{CLUSTER_VERSION, write_snapshot};
 use crate::proto::etcdserverpb::SnapshotResponse;
 
 /// Bytes per message, as etcd sends them.
@@ -62,6 +62,8 @@ pub async fn stream(ctx: &Arc<ApiContext>) -> Result<Response<SnapshotStream>, S
                         header: header.take(),
                         remaining_bytes: size - sent,
                         blob,
+                        // etcd 3.6 repeats the storage version in every message.
+                        version: CLUSTER_VERSION.to_string(),
                     })
                 }
                 Err(e) => Err(Status::internal(format!("snapshot: reading it back: {e}"))),

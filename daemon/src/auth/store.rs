@@ -106,6 +106,18 @@ impl AuthState {
         Ok(())
     }
 
+    /// Writes the whole store (every user and role, the flag and the revision) to a
+    /// state database whose auth tables are empty: an imported backup's auth store.
+    pub fn persist_all(&self, conn: &Connection) -> Result<(), StorageError> {
+        let touched = Touched {
+            users: self.users.keys().cloned().collect(),
+            roles: self.roles.keys().cloned().collect(),
+            invalidated_users: Vec::new(),
+            flag: true,
+        };
+        self.persist(conn, &touched)
+    }
+
     /// etcd's `IsAdminPermitted`: with auth on, only a user with the root role.
     pub fn check_admin(&self, username: &str) -> Result<(), RequestError> {
         if !self.enabled {

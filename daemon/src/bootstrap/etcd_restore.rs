@@ -95,6 +95,10 @@ pub fn import_if_restored(cfg: &Config, has_member_state: bool) -> Result<(), Bo
         compact_revision = summary.compacted,
         revisions = summary.revisions,
         leases = summary.leases,
+        auth_enabled = summary.auth_enabled,
+        auth_users = summary.users,
+        auth_roles = summary.roles,
+        removed_members = summary.removed_members,
         "imported a data dir made by etcd's snapshot restore"
     );
     move_aside(dir)
@@ -106,6 +110,20 @@ fn record_membership(tx: &rusqlite::Connection, r: &Restored) -> Result<(), Back
     let mut voters = Vec::new();
     let mut learners = Vec::new();
     for m in &r.members {
+        // The backup's removed IDs are in already; restore gave every member a fresh
+        // ID, so one of them being among the removed means the files do not belong
+        // together, and the member could never join.
+        if membership::is_removed(tx, m.id)? {
+            return Err(BackupError::BadRecord {
+                path: "member/snap/db".into(),
+                bucket: "members_removed",
+                key: format!("{:x}", m.id),
+                reason: format!(
+                    "member {} of the restored WAL is recorded as removed",
+                    m.name
+                ),
+            });
+        }
         membership::upsert(tx, &to_member(m))?;
         if m.is_learner {
             learners.push(m.id);

@@ -6,7 +6,9 @@
 //!   backend file etcd would have (its buckets, key encoding and values) followed by the
 //!   sha256 etcd appends to a streamed snapshot;
 //! - [`import`]: an etcd backend file (a restored `member/snap/db`) loaded into an empty
-//!   state database in one transaction;
+//!   state database in one transaction, auth store and removed members included (an
+//!   auth-enabled backup must come back auth-enabled: anything else would serve its
+//!   data to anyone);
 //! - [`wal`]: what tells a data dir made by `snapshot restore` from one an etcd member
 //!   has run in: its WAL holds nothing but restore's bootstrap entries.
 //!
@@ -40,6 +42,23 @@ mod meta_keys {
     pub const TERM: &[u8] = b"term";
     pub const SCHEDULED_COMPACT: &[u8] = b"scheduledCompactRev";
     pub const FINISHED_COMPACT: &[u8] = b"finishedCompactRev";
+}
+
+/// Keys of etcd's `auth` bucket: the enabled flag (one byte, 1 or 0) and the auth
+/// revision (8 bytes, big-endian).
+mod auth_keys {
+    pub const ENABLED: &[u8] = b"authEnabled";
+    pub const REVISION: &[u8] = b"authRevision";
+}
+
+/// The value etcd's `members_removed` bucket holds under a removed member's ID (etcd
+/// reads only the key).
+const REMOVED_MARK: &[u8] = b"removed";
+
+/// etcd's key for a member in its `members` and `members_removed` buckets: the ID in
+/// lowercase hex without leading zeros.
+fn member_key(id: u64) -> String {
+    format!("{id:x}")
 }
 
 /// Length of an etcd revision key: 8-byte big-endian main revision, `_`, 8-byte
@@ -118,10 +137,6 @@ pub enum BackupError {
     },
     #[error("{path} has no {bucket:?} bucket: it is not an etcd backend database")]
     MissingBucket { path: String, bucket: &'static str },
-    #[error(
-        "{path} has authentication enabled; qetcd does not implement etcd's auth, and importing it would serve the data to anyone — disable auth (etcdctl auth disable) before taking the snapshot"
-    )]
-    AuthEnabled { path: String },
     #[error("{path}: {reason}")]
     Wal { path: String, reason: String },
     #[error("{path}: {source}")]

@@ -16,15 +16,20 @@ use std::path::Path;
 use prost::Message;
 use rusqlite::Connection;
 
-use super::{BackupError, EtcdMember, LeaseRecord, buckets, meta_keys, rev_key};
+use super::{
+    BackupError, EtcdMember, LeaseRecord, REMOVED_MARK, auth_keys, buckets, member_key, meta_keys,
+    rev_key,
+};
+use crate::auth::AuthState;
 use crate::bbolt::Writer;
 use crate::membership;
 use crate::mvcc::Revisions;
 use crate::storage::{Meta, StorageError, keyspace, leases};
 
 /// The cluster version written into the backup's `cluster` bucket: the one qetcd
-/// reports.
-const CLUSTER_VERSION: &str = "3.5.0";
+/// reports. It is also the storage version the `Snapshot` RPC announces: the layout
+/// written here is etcd 3.5's.
+pub const CLUSTER_VERSION: &str = "3.5.0";
 
 /// A finished snapshot: an unlinked file positioned at its start.
 pub struct Snapshot {
@@ -117,8 +122,7 @@ pub fn write_snapshot(conn: &Connection, dir: &Path) -> Result<Snapshot, BackupE
                     client_urls: m.client_urls,
                 })
                 .expect("a member always serialises");
-                // etcd's member key is the ID in hex without leading zeros.
-                (format!("{:x}", m.id), json)
+                (member_key(m.id), json)
             })
             .collect();
         members.sort();
@@ -128,21 +132,25 @@ pub fn write_snapshot(conn: &Connection, dir: &Path) -> Result<Snapshot, BackupE
         }
         b.finish()?;
     }
-    w.bucket(buckets::MEMBERS_REMOVED).finish()?;
+    {
+        let mut removed: Vec<String> = membership::removed_ids(conn)?
+            .into_iter()
+            .map(member_key)
+            .collect();
+        removed.sort();
+        let mut b = w.bucket(buckets::MEMBERS_REMOVED);
+        for k in removed {
+            b.put(k.as_bytes(), REMOVED_MARK)?;
+        }
+        b.finish()?;
+    }
     {
         let mut b = w.bucket(buckets::CLUSTER);
         b.put(b"clusterVersion", CLUSTER_VERSION.as_bytes())?;
         b.finish()?;
     }
     w.bucket(buckets::ALARM).finish()?;
-    {
-        // What etcd's auth store holds before auth was ever enabled: its revision, 1.
-        let mut b = w.bucket(buckets::AUTH);
-        b.put(b"authRevision", &1u64.to_be_bytes())?;
-        b.finish()?;
-    }
-    w.bucket(buckets::AUTH_USERS).finish()?;
-    w.bucket(buckets::AUTH_ROLES).finish()?;
+    write_auth(&mut w, &AuthState::load(conn)?)?;
 
     let mut file = w.finish()?;
     let db_len = file
@@ -159,6 +167,31 @@ pub fn write_snapshot(conn: &Connection, dir: &Path) -> Result<Snapshot, BackupE
         revision: revs.current,
         keys,
     })
+}
+
+/// etcd's three auth buckets from qetcd's auth store.
+fn write_auth(w: &mut Writer, auth: &AuthState) -> Result<(), BackupError> {
+    {
+        let mut b = w.bucket(buckets::AUTH);
+        // In key order ("authEnabled" < "authRevision"). etcd starts its revision at 1
+        // and moves a 0 it finds there to 1; writing it so keeps the file as etcd has it.
+        b.put(auth_keys::ENABLED, &[u8::from(auth.enabled)])?;
+        b.put(auth_keys::REVISION, &auth.revision.max(1).to_be_bytes())?;
+        b.finish()?;
+    }
+    // etcd keys users and roles by name (bytes, which is how the maps are ordered:
+    // a String orders as its UTF-8 bytes).
+    let mut b = w.bucket(buckets::AUTH_USERS);
+    for user in auth.users.values() {
+        b.put(&user.name, &user.encode_to_vec())?;
+    }
+    b.finish()?;
+    let mut b = w.bucket(buckets::AUTH_ROLES);
+    for role in auth.roles.values() {
+        b.put(&role.name, &role.encode_to_vec())?;
+    }
+    b.finish()?;
+    Ok(())
 }
 
 fn sha256_of(file: &mut File, len: u64) -> std::io::Result<[u8; 32]> {
