@@ -205,8 +205,10 @@ fn auth_store_and_removed_members_survive_save_and_import() {
 
 /// Writes a backend with etcd's key and meta buckets and the given extra buckets.
 type Records = Vec<(Vec<u8>, Vec<u8>)>;
+/// A bucket's name and its records.
+type BucketRecords<'a> = (&'a [u8], Records);
 
-fn backend_with(path: &std::path::Path, extra: &[(&[u8], Records)]) {
+fn backend_with(path: &std::path::Path, extra: &[BucketRecords]) {
     let file = std::fs::File::create(path).unwrap();
     let mut w = crate::bbolt::Writer::new(file, "db").unwrap();
     w.bucket(buckets::KEY).finish().unwrap();
@@ -231,7 +233,7 @@ fn bad_auth_and_removed_member_records_are_refused_by_name_before_writing() {
     }
     .encode_to_vec();
     let rec = |k: &[u8], v: &[u8]| vec![(k.to_vec(), v.to_vec())];
-    let cases: [(&str, Vec<(&[u8], Records)>, &str); 5] = [
+    let cases: [(&str, Vec<BucketRecords>, &str); 5] = [
         (
             "user-under-another-name",
             vec![(buckets::AUTH_USERS, rec(b"bob", &alice))],
