@@ -82,7 +82,7 @@ fn b64(data: &[u8], url: bool) -> String {
 
 fn b64url_decode(s: &str) -> Vec<u8> {
     let mut std: String = s.replace('-', "+").replace('_', "/");
-    while std.len() % 4 != 0 {
+    while !std.len().is_multiple_of(4) {
         std.push('=');
     }
     base64_decode(&std)
