@@ -309,6 +309,17 @@ fn a_jwt_from_one_member_works_on_every_member_and_after_a_restart_of_all() {
         );
         assert!(done.is_ok(), "member {i}: {:?}", put(url, &token, "app/y"));
     }
+    // A change of the auth store outdates every token issued before it, as in etcd:
+    // clients are told to log in again.
+    let root = Etcdctl::new(&urls[0]).with_args(&["--user=root:rootpw".into()]);
+    root.run(&["role", "add", "another"]).ok();
+    assert_refused(
+        put(&urls[1], &token, "app/z"),
+        "auth: revision in header is old",
+        "a token from before an auth change",
+    );
+    let fresh = token_of(&authenticate(&urls[1], "alice", "alicepw"));
+    assert_eq!(put(&urls[2], &fresh, "app/z").0, 200);
 }
 
 #[test]
