@@ -437,3 +437,45 @@ fn unusable_jwt_keys_stop_the_member_with_etcds_texts() {
         );
     }
 }
+
+#[test]
+fn tokens_pass_between_debians_etcd_and_qetcd_sharing_a_key() {
+    if !Binary::Etcd.available() {
+        eprintln!("SKIPPED: /usr/bin/etcd is not installed; nothing to compare against");
+        return;
+    }
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = rsa(keys_dir.path(), "shared");
+    let start = |binary: Binary, name: &str| {
+        let mut spec = MemberSpec::new(name);
+        spec.extra_args = jwt_flag(&keys, "RS256", "10m", true);
+        let m = Member::start(binary, spec);
+        // The same auth changes in the same order: the same auth revision.
+        set_up_users(&m.etcdctl());
+        m
+    };
+    let etcd = start(Binary::Etcd, "jwtetcd");
+    let qetcd = start(Binary::Qetcd, "jwtqetcd");
+    let from_etcd = token_of(&authenticate(&etcd.client_url(), "alice", "alicepw"));
+    let from_qetcd = token_of(&authenticate(&qetcd.client_url(), "alice", "alicepw"));
+    let claims_of = |token: &str| -> serde_json::Value {
+        serde_json::from_slice(&b64url_decode(token.split('.').nth(1).unwrap())).unwrap()
+    };
+    let (e, q) = (claims_of(&from_etcd), claims_of(&from_qetcd));
+    assert_eq!(e["username"], q["username"], "etcd {e}, qetcd {q}");
+    assert_eq!(e["revision"], q["revision"], "etcd {e}, qetcd {q}");
+    let done = put(&qetcd.client_url(), &from_etcd, "app/from-etcd");
+    assert_eq!(done.0, 200, "etcd's token on qetcd: {done:?}");
+    let done = put(&etcd.client_url(), &from_qetcd, "app/from-qetcd");
+    assert_eq!(done.0, 200, "qetcd's token on etcd: {done:?}");
+    for (url, token) in [
+        (etcd.client_url(), &from_qetcd),
+        (qetcd.client_url(), &from_etcd),
+    ] {
+        assert_refused(
+            put(&url, token, "elsewhere"),
+            "etcdserver: permission denied",
+            "outside alice's prefix",
+        );
+    }
+}
