@@ -154,7 +154,7 @@ pub struct Config {
     /// `--force-new-cluster`: restart this member's data as a one-member cluster.
     pub force_new_cluster: bool,
     pub max_learners: u32,
-    /// `--auth-token`: `simple` (the only kind qetcd issues; see `auth`).
+    /// `--auth-token`: `simple` or `jwt,<options>` (see `auth::jwt`).
     pub auth_token: String,
     /// `--auth-token-ttl`: how long a simple token lives without use.
     pub auth_token_ttl: Duration,
@@ -669,7 +669,7 @@ mod proptests;
 mod tests;
 
 /// Go's `time.ParseDuration` for the units etcd's duration flags use.
-fn parse_go_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest == "0" {
         return Some(Duration::ZERO);

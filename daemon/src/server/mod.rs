@@ -48,6 +48,8 @@ pub enum ServerError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    AuthToken(#[from] crate::auth::jwt::TokenOptionsError),
     #[error("client listener failed: {0}")]
     Serve(String),
     #[error("the member has been permanently removed from the cluster")]
@@ -117,6 +119,8 @@ impl Member {
     /// Brings up the member: state database, peer transport, Raft node, client
     /// listeners. It serves clients from here on; it is not yet published.
     pub async fn start(cfg: Config) -> Result<Member, ServerError> {
+        // Keys first: a member that cannot read them must not touch its data dir.
+        let tokens = crate::auth::TokenProvider::from_options(&cfg.auth_token, cfg.auth_token_ttl)?;
         let joining = if bootstrap::is_joining(&cfg)? {
             let tls = crate::tls::peer_side::configs(&cfg)?;
             let client = crate::transport::quic_config::client(tls.client, cfg.election_timeout)
@@ -150,10 +154,7 @@ impl Member {
                 cfg.election_ticks(),
             )),
             events: Default::default(),
-            auth: Arc::new(crate::auth::AuthStore::new(
-                cfg.auth_token_ttl,
-                cfg.bcrypt_cost,
-            )),
+            auth: Arc::new(crate::auth::AuthStore::with_tokens(tokens, cfg.bcrypt_cost)),
             metrics,
         };
         let (node, node_thread) = raft_node::start(
