@@ -188,6 +188,12 @@ pub struct Config {
     pub tls_max_version: String,
     /// How often watchers that asked for progress notifications get one. Default 10m.
     pub watch_progress_notify_interval: Duration,
+    /// `--experimental-initial-corrupt-check`: compare the key space's hash with the
+    /// peers' before serving, on a restart from existing data.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares hashes
+    /// with every member; zero (the default) turns the periodic check off.
+    pub corrupt_check_time: Duration,
 }
 
 /// What the command line asks for.
@@ -543,6 +549,8 @@ impl Config {
             tls_max_version: v.text("tls-max-version"),
             watch_progress_notify_interval: v
                 .duration("experimental-watch-progress-notify-interval")?,
+            initial_corrupt_check: v.bool("experimental-initial-corrupt-check")?,
+            corrupt_check_time: v.duration("experimental-corrupt-check-time")?,
         })
     }
 

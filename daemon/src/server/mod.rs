@@ -8,6 +8,7 @@
 //! telling systemd how it is doing ([`progress`]).
 
 mod client_listeners;
+pub mod corruption_check;
 mod handover;
 mod lease_expiry;
 mod progress;
@@ -54,6 +55,9 @@ pub enum ServerError {
     Serve(String),
     #[error("the member has been permanently removed from the cluster")]
     Removed,
+    /// `--experimental-initial-corrupt-check` found this member's data differs.
+    #[error(transparent)]
+    InitialCorruptCheck(#[from] corruption_check::InitialCheckError),
 }
 
 /// Exit status of a member that its cluster removed. Restarting it cannot help (its
@@ -113,6 +117,7 @@ pub struct Member {
     published: watch::Sender<bool>,
     tracker: JoinHandle<()>,
     _lease_expiry: lease_expiry::ExpiryTask,
+    _corruption_check: corruption_check::PeriodicCheck,
 }
 
 impl Member {
@@ -146,6 +151,23 @@ impl Member {
             tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");
         }
         let client_tls = crate::tls::client_side::server_config(&cfg)?;
+        let readers = ReaderPool::new(boot.db_path.clone());
+        if cfg.initial_corrupt_check && boot.restarted {
+            // As etcd: before the Raft node starts and before clients are served.
+            // The transport learns the members first, so that peers calling meanwhile
+            // are accepted (their messages wait for the node) rather than told that
+            // they were removed.
+            let members = crate::membership::list(&boot.conn)?;
+            crate::raft_node::PeerOutbox::update_members(&transport, &members);
+            corruption_check::initial_check(
+                &transport,
+                &readers,
+                boot.member_id,
+                &members,
+                request_timeout(&cfg),
+            )
+            .await?;
+        }
 
         let applied = AppliedState {
             lessor: Arc::new(Lessor::new(
@@ -177,8 +199,16 @@ impl Member {
         let lease_expiry =
             lease_expiry::start(node.clone(), applied.lessor.clone(), request_timeout(&cfg));
 
-        let readers = ReaderPool::new(boot.db_path.clone());
         transport.serve_membership(readers.clone());
+        let corruption_check = corruption_check::start(
+            corruption_check::Checker {
+                node: node.clone(),
+                transport: transport.clone(),
+                readers: readers.clone(),
+                request_timeout: request_timeout(&cfg),
+            },
+            cfg.corrupt_check_time,
+        );
         let ctx = Arc::new(api_context(
             &cfg,
             (boot.member_id, boot.cluster_id),
@@ -204,6 +234,7 @@ impl Member {
             published,
             tracker,
             _lease_expiry: lease_expiry,
+            _corruption_check: corruption_check,
         })
     }
 
