@@ -6,12 +6,13 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive: etcdctl (the client under test), Debian's etcd (the
 # behavioural reference), protoc and the well-known .proto files (the etcd-client
-# crate's build needs both), openssl (reads the certificates provision renders),
+# crate's build needs both), openssl (reads the certificates provision renders; makes and signs
+# with the JWT tests' keys),
 # debootstrap and systemd-container (the systemd test boots the .deb in containers;
 # installing systemd-container also upgrades the host's systemd packages to match),
 # dnsmasq-base (the DNS server of the SRV discovery tests), curl (the discovery tests
 # make tokens as an operator would: curl -X PUT .../_config/size -d value=3; the gateway
-# test sends its JSON with it), postgresql and patroni (Patroni's etcd3 mode keeps
+# test sends its JSON with it, the JWT test its tokens), postgresql and patroni (Patroni's etcd3 mode keeps
 # PostgreSQL highly available on qetcd through the v3 HTTP/JSON gateway), python3-tooz
 # and python3-etcd3gw (tooz's etcd3+http driver: locks and groups over the gateway),
 # sqlite3 (the damaged-database test folds a stopped member's WALs into its files),

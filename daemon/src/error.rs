@@ -117,6 +117,10 @@ pub enum RequestError {
     /// recognise this text and authenticate again.
     #[error("auth: revision in header is old")]
     AuthOldRevision,
+    /// An authentication on a member given only the JWT public key. etcd sends its
+    /// internal text (code Unknown); the client may authenticate at another member.
+    #[error("auth: token signing attempted with verify-only key")]
+    JwtVerifyOnly,
     /// Unexpected internal failure; the detail goes to the log, not to the client.
     #[error("etcdserver: {0}")]
     Internal(String),

@@ -49,6 +49,19 @@ pub mod layout {
         PathBuf::from("admin")
     }
 
+    /// The client certificates of `[auth]`'s users, for the operator to hand out.
+    pub fn users_dir() -> PathBuf {
+        admin().join("users")
+    }
+
+    pub fn user_cert(name: &str) -> PathBuf {
+        users_dir().join(format!("{name}.crt"))
+    }
+
+    pub fn user_key(name: &str) -> PathBuf {
+        users_dir().join(format!("{name}.key"))
+    }
+
     pub const MANIFEST: &str = "manifest.txt";
 
     /// The DNS records of a `bootstrap = "dns"` cluster; for the DNS server, not a host.

@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod auth;
+pub use auth::AuthSpec;
+
 pub const DEFAULT_CLIENT_PORT: u16 = 2379;
 pub const DEFAULT_PEER_PORT: u16 = 2380;
 /// The unit's `StateDirectory=qetcd`.
@@ -265,6 +268,8 @@ pub struct Inventory {
     /// Every `[[member]]`, removed ones included, in file order: what the initial
     /// cluster lists are made of.
     pub all_members: Vec<Member>,
+    /// The users and roles of `[auth]`, if the inventory has one.
+    pub auth: Option<AuthSpec>,
     /// Things that work but are probably not what the operator wants.
     pub warnings: Vec<Diagnostic>,
 }
@@ -277,6 +282,7 @@ struct RawInventory {
     cluster: Option<Spanned<RawCluster>>,
     #[serde(default)]
     member: Vec<Spanned<RawMember>>,
+    auth: Option<Spanned<auth::RawAuth>>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +572,10 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
         _ => None,
     };
     let members = check_members(c, &raw.member, domain);
+    let auth = match &raw.auth {
+        None => Some(None),
+        Some(a) => auth::check_auth(c, a, tls == Some(TlsMode::SelfSigned)).map(Some),
+    };
 
     Some(Inventory {
         file: String::new(),
@@ -585,6 +595,7 @@ fn check(c: &mut Checker<'_>, raw: RawInventory) -> Option<Inventory> {
             .cloned()
             .collect(),
         all_members: members?,
+        auth: auth?,
         warnings: Vec::new(),
     })
 }

@@ -9,10 +9,13 @@
 //!   reused);
 //! - [`membership`]: `member add` / `member remove` on the inventory of a running
 //!   cluster, and the etcdctl plan that goes with each;
+//! - [`auth`]: `provision auth apply`, the inventory's `[auth]` users, roles and
+//!   permissions made real on a running cluster;
 //! - [`bundle`]: where files go, their modes and owners, idempotent writing;
 //! - [`check`]: verifying an inventory and what was rendered from it, and with
 //!   `--dns` ([`check::dns`]) the records a DNS server actually serves.
 
+pub mod auth;
 pub mod bundle;
 pub mod check;
 pub mod discovery;
@@ -146,6 +149,23 @@ pub fn build(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Rendere
             0o600,
             Owner::Root,
         );
+        if !pki.users.is_empty() {
+            plan.dir(layout::users_dir(), 0o700, Owner::Root);
+        }
+        for (name, pair) in &pki.users {
+            plan.file(
+                layout::user_cert(name),
+                pair.cert_pem.as_str(),
+                0o644,
+                Owner::Root,
+            );
+            plan.file(
+                layout::user_key(name),
+                pair.key_pem.as_str(),
+                0o600,
+                Owner::Root,
+            );
+        }
         issued = pki.notes;
         warnings = pki.warnings;
     }

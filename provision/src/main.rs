@@ -44,6 +44,44 @@ enum Command {
     /// Add members to or remove them from a running cluster.
     #[command(subcommand)]
     Member(MemberCommand),
+    /// Users, roles and permissions ([auth]) on a running cluster.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+#[derive(Subcommand)]
+enum AuthCommand {
+    Apply(AuthApplyArgs),
+}
+
+/// Make the running cluster's users, roles and permissions what [auth] says, then
+/// enable authentication.
+///
+/// Talks to the cluster's members (the inventory's client URLs) with the admin
+/// certificate from the output directory (CN root). Creates what is missing: the root
+/// user with the root role (no password: the admin certificate is root), every role
+/// and its permissions, every user (with the password in its password_file, else
+/// certificate-only) and the roles granted to it; enables authentication last.
+/// Nothing is deleted; with --prune, permissions of listed roles and roles of listed
+/// users that the inventory does not name are revoked. Running it again changes
+/// nothing. Users log in with the certificates `provision render` issued them in
+/// DIR/admin/users/ (CN = user name; members run with --client-cert-auth).
+#[derive(Args)]
+#[command(verbatim_doc_comment)]
+#[command(after_help = "\
+Example:
+  provision render inventory.toml --out bundles     # issues admin/users/<name>.{crt,key}
+  provision auth apply --inventory inventory.toml --out bundles")]
+struct AuthApplyArgs {
+    /// The inventory (TOML) with the [auth] section.
+    #[arg(short, long, value_name = "FILE")]
+    inventory: PathBuf,
+    /// The directory `provision render` rendered the cluster into (for admin/).
+    #[arg(short, long, value_name = "DIR")]
+    out: PathBuf,
+    /// Also revoke permissions and role grants the inventory does not list.
+    #[arg(long)]
+    prune: bool,
 }
 
 #[derive(Subcommand)]
@@ -252,6 +290,7 @@ fn main() -> ExitCode {
         Command::Discovery(DiscoveryCommand::New(a)) => discovery_new(a),
         Command::Member(MemberCommand::Add(a)) => member_add(a),
         Command::Member(MemberCommand::Remove(a)) => member_remove(a),
+        Command::Auth(AuthCommand::Apply(a)) => auth_apply(a),
     };
     match result {
         Ok(code) => code,
@@ -437,6 +476,23 @@ fn member_remove(a: MemberRemoveArgs) -> anyhow::Result<ExitCode> {
         "{}",
         provision::membership::remove_plan(&inv, &a.name, &a.out).trim_end()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn auth_apply(a: AuthApplyArgs) -> anyhow::Result<ExitCode> {
+    let inv = load(&a.inventory)?;
+    let changes = provision::auth::apply(&inv, &a.out, a.prune)?;
+    for c in &changes {
+        say!("  {c}");
+    }
+    if changes.is_empty() {
+        say!(
+            "nothing changed: the cluster already has the users, roles and permissions of {}",
+            a.inventory.display()
+        );
+    } else {
+        say!("{} applied to the cluster", plural(changes.len(), "change"));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

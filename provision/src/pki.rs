@@ -72,6 +72,8 @@ pub struct Pki {
     /// In inventory order.
     pub members: Vec<(String, MemberCerts)>,
     pub admin: Pair,
+    /// The client certificates of `[auth]`'s users (CN = user name), in inventory order.
+    pub users: Vec<(String, Pair)>,
     /// What was issued and why (empty when everything was kept).
     pub notes: Vec<String>,
     pub warnings: Vec<String>,
@@ -130,8 +132,14 @@ pub fn server_spec(inv: &Inventory, m: &Member) -> LeafSpec {
 }
 
 pub fn admin_spec() -> LeafSpec {
+    user_spec("root")
+}
+
+/// A client certificate naming etcd user `name`: with `--client-cert-auth` its CN is
+/// the user (etcd's rule).
+pub fn user_spec(name: &str) -> LeafSpec {
     LeafSpec {
-        common_name: "root".into(),
+        common_name: name.into(),
         sans: Vec::new(),
         server_auth: false,
         client_auth: true,
@@ -203,11 +211,26 @@ pub fn prepare(inv: &Inventory, out: &Path, now: OffsetDateTime) -> Result<Pki, 
         now,
         &mut notes,
     )?;
+    let mut users = Vec::new();
+    for u in inv.auth.iter().flat_map(|a| &a.users) {
+        let pair = leaf(
+            out,
+            &layout::user_cert(&u.name),
+            &layout::user_key(&u.name),
+            &user_spec(&u.name),
+            &client_ca,
+            validity,
+            now,
+            &mut notes,
+        )?;
+        users.push((u.name.clone(), pair));
+    }
     Ok(Pki {
         peer_ca: peer_ca.pair,
         client_ca: client_ca.pair,
         members,
         admin,
+        users,
         notes,
         warnings,
     })

@@ -123,6 +123,35 @@ impl Ca {
         leaf
     }
 
+    /// Makes `spec` serve clients over https with a server certificate from this CA
+    /// (for its address and `localhost`), trusting this CA for client certificates, and
+    /// has the harness's etcdctl present `client`. Returns the server certificate.
+    pub fn serve_clients(&self, spec: &mut crate::MemberSpec, client: &Leaf) -> Leaf {
+        let server = self.issue(
+            &format!("{}-server", spec.name),
+            &LeafSpec::member(&spec.name, &[&spec.ip, "localhost"]),
+        );
+        let path = |p: &Path| p.display().to_string();
+        spec.client_scheme = "https".into();
+        spec.extra_args.extend([
+            "--cert-file".into(),
+            path(&server.cert),
+            "--key-file".into(),
+            path(&server.key),
+            "--trusted-ca-file".into(),
+            path(&self.cert),
+        ]);
+        spec.etcdctl_args = vec![
+            "--cacert".into(),
+            path(&self.cert),
+            "--cert".into(),
+            path(&client.cert),
+            "--key".into(),
+            path(&client.key),
+        ];
+        server
+    }
+
     /// A CRL (PEM) from this CA revoking `revoked`, written as `<name>.crl`.
     pub fn revocation_list(&self, name: &str, revoked: &[&Leaf]) -> PathBuf {
         let now = OffsetDateTime::now_utc();

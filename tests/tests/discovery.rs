@@ -412,26 +412,9 @@ fn v3_discovery_over_tls_with_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "discovery-ca");
     let mut spec = MemberSpec::new("disc");
-    spec.client_scheme = "https".into();
-    let server = ca.issue("server", &LeafSpec::member("disc", &[&spec.ip]));
     let client = ca.issue("client", &LeafSpec::client("root"));
+    ca.serve_clients(&mut spec, &client);
     let path = |p: &std::path::Path| p.display().to_string();
-    spec.extra_args = vec![
-        "--cert-file".into(),
-        path(&server.cert),
-        "--key-file".into(),
-        path(&server.key),
-        "--trusted-ca-file".into(),
-        path(&ca.cert),
-    ];
-    spec.etcdctl_args = vec![
-        "--cacert".into(),
-        path(&ca.cert),
-        "--cert".into(),
-        path(&client.cert),
-        "--key".into(),
-        path(&client.key),
-    ];
     let service = Member::start(Binary::Qetcd, spec);
     service
         .etcdctl()

@@ -590,26 +590,8 @@ fn gateway_over_tls_requires_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new(dir.path(), "client-ca");
     let mut spec = MemberSpec::new("gateway-tls");
-    spec.client_scheme = "https".into();
-    let server = ca.issue("server", &LeafSpec::member("gateway-tls", &[&spec.ip]));
     let client = ca.issue("client", &LeafSpec::client("root"));
-    let path = |p: &std::path::Path| p.display().to_string();
-    spec.extra_args = vec![
-        "--cert-file".into(),
-        path(&server.cert),
-        "--key-file".into(),
-        path(&server.key),
-        "--trusted-ca-file".into(),
-        path(&ca.cert),
-    ];
-    spec.etcdctl_args = vec![
-        "--cacert".into(),
-        path(&ca.cert),
-        "--cert".into(),
-        path(&client.cert),
-        "--key".into(),
-        path(&client.key),
-    ];
+    ca.serve_clients(&mut spec, &client);
     let member = Member::start(Binary::Qetcd, spec);
     let curl = |with_cert: bool| {
         let mut cmd = Command::new("curl");

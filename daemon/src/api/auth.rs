@@ -240,15 +240,29 @@ impl Auth for AuthService {
                     return Err(e.into());
                 }
             };
+            let jwt = self.ctx.auth.issues_jwt();
             let change = Change::Authenticated(Authenticated {
                 name: name.clone(),
-                simple_token_prefix: AuthStore::new_token_prefix()?,
+                simple_token_prefix: if jwt {
+                    String::new()
+                } else {
+                    AuthStore::new_token_prefix()?
+                },
             });
             let (header, token) = self.change(None, change).await?;
             if self.ctx.auth.state().revision == checked_at {
+                let token = match token {
+                    Some(simple) => simple,
+                    None if jwt => {
+                        let auth = self.ctx.auth.clone();
+                        let n = name.clone();
+                        blocking(move || auth.sign_jwt(&n, checked_at)).await?
+                    }
+                    None => String::new(),
+                };
                 return Ok(Response::new(AuthenticateResponse {
                     header: Some(header),
-                    token: token.unwrap_or_default(),
+                    token,
                 }));
             }
             tracing::info!("the auth store changed while a password was checked; checking again");

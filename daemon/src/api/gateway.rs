@@ -71,7 +71,7 @@ pub fn router(ctx: Arc<ApiContext>) -> axum::Router {
         lease: lease::LeaseService::new(ctx.clone()),
         cluster: cluster::ClusterService::new(ctx.clone()),
         maintenance: maintenance::MaintenanceService::new(ctx.clone()),
-        auth: None,
+        auth: Arc::new(super::auth::AuthService::new(ctx.clone())),
         ctx,
     });
     let mut router = axum::Router::new();
@@ -96,9 +96,7 @@ struct Gateway {
     lease: lease::LeaseService,
     cluster: cluster::ClusterService,
     maintenance: maintenance::MaintenanceService,
-    /// The Auth service, once there is one; until then its RPCs are unimplemented, as
-    /// they are over gRPC.
-    auth: Option<Arc<dyn Auth>>,
+    auth: Arc<dyn Auth>,
 }
 
 /// Every RPC the gateway serves, by its path under the prefix (etcd's
@@ -255,9 +253,7 @@ struct Call<'a> {
 
 impl Gateway {
     fn auth(&self) -> Result<&dyn Auth, Status> {
-        self.auth
-            .as_deref()
-            .ok_or_else(|| Status::unimplemented("unknown service etcdserverpb.Auth"))
+        Ok(self.auth.as_ref())
     }
 
     async fn dispatch(&self, rpc: Rpc, call: Call<'_>) -> Response {

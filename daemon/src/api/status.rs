@@ -13,7 +13,7 @@ pub fn to_status(err: RequestError) -> Status {
         | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
         PermissionDenied => Code::PermissionDenied,
         InvalidAuthToken => Code::Unauthenticated,
-        AuthOldRevision | NoPasswordUser => Code::Unknown,
+        AuthOldRevision | NoPasswordUser | JwtVerifyOnly => Code::Unknown,
         Compacted | FutureRevision | LeaseTtlTooLarge => Code::OutOfRange,
         NoSpace | TooManyRequests => Code::ResourceExhausted,
         LeaseNotFound | MemberNotFound => Code::NotFound,

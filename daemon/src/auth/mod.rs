@@ -11,6 +11,7 @@
 //! Passwords are bcrypt hashes (etcd's cost, 10 by default), made and compared by the
 //! API off the async threads, never on the Raft thread and never logged.
 
+pub mod jwt;
 pub mod permissions;
 pub mod simple_token;
 pub mod store;
@@ -26,6 +27,7 @@ pub use store::AuthState;
 use crate::error::RequestError;
 use crate::proto::qetcdpb::auth_change::Change;
 use crate::storage::StorageError;
+use jwt::{JwtTokens, TokenOptions, TokenOptionsError};
 use simple_token::SimpleTokens;
 
 /// etcd's default `--bcrypt-cost`.
@@ -40,10 +42,52 @@ pub struct AuthInfo {
     pub revision: u64,
 }
 
-/// The auth store as this member applied it, and its simple tokens.
+/// The tokens this member issues and accepts (`--auth-token`).
+pub enum TokenProvider {
+    /// Random strings every member registers when it applies the authentication.
+    Simple(SimpleTokens),
+    /// Signed claims: nothing to register, the proposer signs after the apply.
+    Jwt(JwtTokens),
+}
+
+impl TokenProvider {
+    /// The provider `--auth-token` asks for, with its keys read (`--auth-token-ttl`
+    /// is the simple tokens' lifetime; JWTs have their own `ttl` option).
+    pub fn from_options(
+        options: &str,
+        simple_ttl: Duration,
+    ) -> Result<TokenProvider, TokenOptionsError> {
+        Ok(match TokenOptions::parse(options)? {
+            TokenOptions::Simple => TokenProvider::Simple(SimpleTokens::new(simple_ttl)),
+            TokenOptions::Jwt(jwt) => {
+                let tokens = JwtTokens::load(&jwt)?;
+                if tokens.verify_only() {
+                    tracing::info!(
+                        "JWT tokens: verify-only (no priv-key); this member cannot issue tokens"
+                    );
+                }
+                TokenProvider::Jwt(tokens)
+            }
+        })
+    }
+
+    fn forget_user(&self, user: &str) {
+        if let TokenProvider::Simple(t) = self {
+            t.invalidate_user(user);
+        }
+    }
+
+    fn forget_all(&self) {
+        if let TokenProvider::Simple(t) = self {
+            t.clear();
+        }
+    }
+}
+
+/// The auth store as this member applied it, and its tokens.
 pub struct AuthStore {
     state: RwLock<Arc<AuthState>>,
-    tokens: SimpleTokens,
+    tokens: TokenProvider,
     bcrypt_cost: u32,
 }
 
@@ -54,10 +98,18 @@ impl Default for AuthStore {
 }
 
 impl AuthStore {
+    /// A store issuing simple tokens.
     pub fn new(token_ttl: Duration, bcrypt_cost: u32) -> Self {
+        AuthStore::with_tokens(
+            TokenProvider::Simple(SimpleTokens::new(token_ttl)),
+            bcrypt_cost,
+        )
+    }
+
+    pub fn with_tokens(tokens: TokenProvider, bcrypt_cost: u32) -> Self {
         AuthStore {
             state: RwLock::default(),
-            tokens: SimpleTokens::new(token_ttl),
+            tokens,
             bcrypt_cost,
         }
     }
@@ -75,15 +127,16 @@ impl AuthStore {
     pub fn reload(&self, conn: &Connection) -> Result<(), StorageError> {
         let state = AuthState::load(conn)?;
         if !state.enabled {
-            self.tokens.clear();
+            self.tokens.forget_all();
         }
         self.publish(state);
         Ok(())
     }
 
     /// Applies a committed change on behalf of `username` (in the apply transaction
-    /// `conn`); an authentication yields its token. Called on the Raft thread: no
-    /// password work happens here.
+    /// `conn`); an authentication yields its simple token (a JWT is signed by the
+    /// proposer afterwards, see [`Self::sign_jwt`]). Called on the Raft thread: no
+    /// password or signing work happens here.
     pub fn apply(
         &self,
         conn: &Connection,
@@ -95,8 +148,11 @@ impl AuthStore {
         if let Change::Authenticated(a) = change {
             // The password was checked by the proposer; the user may have gone since.
             current.password_hash(&a.name)?;
+            let TokenProvider::Simple(tokens) = &self.tokens else {
+                return Ok(None);
+            };
             let token = SimpleTokens::token(&a.simple_token_prefix, index);
-            self.tokens.assign(token.clone(), &a.name);
+            tokens.assign(token.clone(), &a.name);
             return Ok(Some(token));
         }
         current.check_admin(username)?;
@@ -104,10 +160,10 @@ impl AuthStore {
         let touched = next.change(change)?;
         next.persist(conn, &touched)?;
         for user in &touched.invalidated_users {
-            self.tokens.invalidate_user(user);
+            self.tokens.forget_user(user);
         }
         if !next.enabled {
-            self.tokens.clear();
+            self.tokens.forget_all();
         }
         if touched.flag {
             tracing::info!(
@@ -120,15 +176,43 @@ impl AuthStore {
     }
 
     /// The user a token stands for, at the current auth revision.
+    /// The user a token stands for: a simple token at the current auth revision, a
+    /// JWT at the revision it was signed at (so a JWT older than the last auth change
+    /// is answered `auth: revision in header is old`, as in etcd).
     pub fn info_from_token(&self, token: &str) -> Result<AuthInfo, RequestError> {
-        let username = self
-            .tokens
-            .user_of(token)
-            .ok_or(RequestError::InvalidAuthToken)?;
-        Ok(AuthInfo {
-            username,
-            revision: self.state().revision,
-        })
+        match &self.tokens {
+            TokenProvider::Simple(tokens) => {
+                let username = tokens
+                    .user_of(token)
+                    .ok_or(RequestError::InvalidAuthToken)?;
+                Ok(AuthInfo {
+                    username,
+                    revision: self.state().revision,
+                })
+            }
+            TokenProvider::Jwt(tokens) => {
+                tokens.verify(token).ok_or(RequestError::InvalidAuthToken)
+            }
+        }
+    }
+
+    /// Whether tokens are JWTs, signed by the member that checked the password.
+    pub fn issues_jwt(&self) -> bool {
+        matches!(self.tokens, TokenProvider::Jwt(_))
+    }
+
+    /// A JWT for `username` at auth revision `revision`. CPU-bound: call it from a
+    /// blocking thread.
+    pub fn sign_jwt(&self, username: &str, revision: u64) -> Result<String, RequestError> {
+        match &self.tokens {
+            TokenProvider::Jwt(tokens) => tokens.sign(username, revision).map_err(|e| match e {
+                jwt::JwtSignError::VerifyOnly => RequestError::JwtVerifyOnly,
+                other => RequestError::Internal(other.to_string()),
+            }),
+            TokenProvider::Simple(_) => Err(RequestError::Internal(
+                "a JWT was asked of a member issuing simple tokens".into(),
+            )),
+        }
     }
 
     /// A user named by a verified client certificate, at the current auth revision.

@@ -18,13 +18,30 @@ use crate::storage::{Meta, StorageError};
 pub const ROOT_USER: &str = "root";
 pub const ROOT_ROLE: &str = "root";
 
+/// The auth revision of a store no change was made to. etcd commits revision 1 when it
+/// first opens its backend, so its first change makes revision 2; starting from the
+/// same number keeps `auth status` and the `revision` claim of JWTs equal to etcd's for
+/// the same history (and a JWT valid on both when they share a key).
+pub const INITIAL_REVISION: u64 = 1;
+
 /// Everything the auth store holds.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AuthState {
     pub enabled: bool,
     pub revision: u64,
     pub users: BTreeMap<String, User>,
     pub roles: BTreeMap<String, Role>,
+}
+
+impl Default for AuthState {
+    fn default() -> Self {
+        AuthState {
+            enabled: false,
+            revision: INITIAL_REVISION,
+            users: BTreeMap::new(),
+            roles: BTreeMap::new(),
+        }
+    }
 }
 
 /// Which records a change touched, to write back.
@@ -49,7 +66,9 @@ impl AuthState {
     pub fn load(conn: &Connection) -> Result<AuthState, StorageError> {
         let mut state = AuthState {
             enabled: Meta::AuthEnabled.get_u64(conn)?.unwrap_or(0) == 1,
-            revision: Meta::AuthRevision.get_u64(conn)?.unwrap_or(0),
+            revision: Meta::AuthRevision
+                .get_u64(conn)?
+                .unwrap_or(INITIAL_REVISION),
             ..Default::default()
         };
         let mut stmt = conn.prepare_cached("SELECT record FROM auth_users")?;

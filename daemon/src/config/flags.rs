@@ -599,6 +599,20 @@ pub const FLAGS: &[Flag] = &[
         "Duration of periodic watch progress notifications."
     ),
     flag!(
+        "experimental-initial-corrupt-check",
+        Bool,
+        "false",
+        OTHER,
+        "Enable to check data corruption before serving any client/peer traffic."
+    ),
+    flag!(
+        "experimental-corrupt-check-time",
+        Text,
+        "0s",
+        OTHER,
+        "Duration of time between cluster corruption check passes."
+    ),
+    flag!(
         "metrics",
         Text,
         "basic",

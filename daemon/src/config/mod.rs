@@ -154,7 +154,7 @@ pub struct Config {
     /// `--force-new-cluster`: restart this member's data as a one-member cluster.
     pub force_new_cluster: bool,
     pub max_learners: u32,
-    /// `--auth-token`: `simple` (the only kind qetcd issues; see `auth`).
+    /// `--auth-token`: `simple` or `jwt,<options>` (see `auth::jwt`).
     pub auth_token: String,
     /// `--auth-token-ttl`: how long a simple token lives without use.
     pub auth_token_ttl: Duration,
@@ -188,6 +188,12 @@ pub struct Config {
     pub tls_max_version: String,
     /// How often watchers that asked for progress notifications get one. Default 10m.
     pub watch_progress_notify_interval: Duration,
+    /// `--experimental-initial-corrupt-check`: compare the key space's hash with the
+    /// peers' before serving, on a restart from existing data.
+    pub initial_corrupt_check: bool,
+    /// `--experimental-corrupt-check-time`: how often the leader compares hashes
+    /// with every member; zero (the default) turns the periodic check off.
+    pub corrupt_check_time: Duration,
 }
 
 /// What the command line asks for.
@@ -543,6 +549,8 @@ impl Config {
             tls_max_version: v.text("tls-max-version"),
             watch_progress_notify_interval: v
                 .duration("experimental-watch-progress-notify-interval")?,
+            initial_corrupt_check: v.bool("experimental-initial-corrupt-check")?,
+            corrupt_check_time: v.duration("experimental-corrupt-check-time")?,
         })
     }
 
@@ -669,7 +677,7 @@ mod proptests;
 mod tests;
 
 /// Go's `time.ParseDuration` for the units etcd's duration flags use.
-fn parse_go_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest == "0" {
         return Some(Duration::ZERO);

@@ -523,3 +523,53 @@ fn logging_and_metrics_flags() {
     assert_eq!(code, 2);
     assert!(text.contains("for flag -metrics"), "{text}");
 }
+
+#[test]
+fn corruption_check_flags_and_their_environment_twins() {
+    let c = start(&[]).unwrap();
+    assert!(!c.initial_corrupt_check, "etcd's default: no initial check");
+    assert_eq!(c.corrupt_check_time, Duration::ZERO, "etcd's default: off");
+
+    let c = start(&[
+        "--experimental-initial-corrupt-check",
+        "--experimental-corrupt-check-time=2m30s",
+    ])
+    .unwrap();
+    assert!(c.initial_corrupt_check);
+    assert_eq!(c.corrupt_check_time, Duration::from_secs(150));
+
+    let (c, _) = parse_with(
+        &[],
+        &[
+            ("ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", "true"),
+            ("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "500ms"),
+        ],
+    )
+    .unwrap();
+    assert!(c.initial_corrupt_check);
+    assert_eq!(c.corrupt_check_time, Duration::from_millis(500));
+
+    assert_eq!(
+        err(parse(&["--experimental-corrupt-check-time", "10"])),
+        (
+            "invalid value \"10\" for flag -experimental-corrupt-check-time: parse error".into(),
+            2
+        )
+    );
+    assert_eq!(
+        err(parse(&["--experimental-initial-corrupt-check=yes"])),
+        (
+            "invalid value \"yes\" for flag -experimental-initial-corrupt-check: parse error"
+                .into(),
+            2
+        )
+    );
+    let refused = parse_with(&[], &[("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME", "often")])
+        .expect_err("a bad duration in the environment is refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME"),
+        "{refused}"
+    );
+}

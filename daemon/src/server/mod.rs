@@ -8,6 +8,7 @@
 //! telling systemd how it is doing ([`progress`]).
 
 mod client_listeners;
+pub mod corruption_check;
 mod handover;
 mod lease_expiry;
 mod progress;
@@ -48,10 +49,15 @@ pub enum ServerError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    AuthToken(#[from] crate::auth::jwt::TokenOptionsError),
     #[error("client listener failed: {0}")]
     Serve(String),
     #[error("the member has been permanently removed from the cluster")]
     Removed,
+    /// `--experimental-initial-corrupt-check` found this member's data differs.
+    #[error(transparent)]
+    InitialCorruptCheck(#[from] corruption_check::InitialCheckError),
 }
 
 /// Exit status of a member that its cluster removed. Restarting it cannot help (its
@@ -111,12 +117,15 @@ pub struct Member {
     published: watch::Sender<bool>,
     tracker: JoinHandle<()>,
     _lease_expiry: lease_expiry::ExpiryTask,
+    _corruption_check: corruption_check::PeriodicCheck,
 }
 
 impl Member {
     /// Brings up the member: state database, peer transport, Raft node, client
     /// listeners. It serves clients from here on; it is not yet published.
     pub async fn start(cfg: Config) -> Result<Member, ServerError> {
+        // Keys first: a member that cannot read them must not touch its data dir.
+        let tokens = crate::auth::TokenProvider::from_options(&cfg.auth_token, cfg.auth_token_ttl)?;
         let joining = if bootstrap::is_joining(&cfg)? {
             let tls = crate::tls::peer_side::configs(&cfg)?;
             let client = crate::transport::quic_config::client(tls.client, cfg.election_timeout)
@@ -142,6 +151,23 @@ impl Member {
             tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");
         }
         let client_tls = crate::tls::client_side::server_config(&cfg)?;
+        let readers = ReaderPool::new(boot.db_path.clone());
+        if cfg.initial_corrupt_check && boot.restarted {
+            // As etcd: before the Raft node starts and before clients are served.
+            // The transport learns the members first, so that peers calling meanwhile
+            // are accepted (their messages wait for the node) rather than told that
+            // they were removed.
+            let members = crate::membership::list(&boot.conn)?;
+            crate::raft_node::PeerOutbox::update_members(&transport, &members);
+            corruption_check::initial_check(
+                &transport,
+                &readers,
+                boot.member_id,
+                &members,
+                request_timeout(&cfg),
+            )
+            .await?;
+        }
 
         let applied = AppliedState {
             lessor: Arc::new(Lessor::new(
@@ -150,10 +176,7 @@ impl Member {
                 cfg.election_ticks(),
             )),
             events: Default::default(),
-            auth: Arc::new(crate::auth::AuthStore::new(
-                cfg.auth_token_ttl,
-                cfg.bcrypt_cost,
-            )),
+            auth: Arc::new(crate::auth::AuthStore::with_tokens(tokens, cfg.bcrypt_cost)),
             metrics,
         };
         let (node, node_thread) = raft_node::start(
@@ -176,8 +199,16 @@ impl Member {
         let lease_expiry =
             lease_expiry::start(node.clone(), applied.lessor.clone(), request_timeout(&cfg));
 
-        let readers = ReaderPool::new(boot.db_path.clone());
         transport.serve_membership(readers.clone());
+        let corruption_check = corruption_check::start(
+            corruption_check::Checker {
+                node: node.clone(),
+                transport: transport.clone(),
+                readers: readers.clone(),
+                request_timeout: request_timeout(&cfg),
+            },
+            cfg.corrupt_check_time,
+        );
         let ctx = Arc::new(api_context(
             &cfg,
             (boot.member_id, boot.cluster_id),
@@ -203,6 +234,7 @@ impl Member {
             published,
             tracker,
             _lease_expiry: lease_expiry,
+            _corruption_check: corruption_check,
         })
     }
 

@@ -9,6 +9,7 @@
 
 mod framing;
 pub mod handshake;
+pub mod hash_query;
 pub mod members_query;
 pub mod quic_config;
 mod snapshot_stream;
@@ -75,11 +76,18 @@ struct Inner {
     check_peer_address: bool,
     /// Set once peers have kept refusing us as a removed member (see `dial_loop`).
     removed_from_cluster: watch::Sender<bool>,
-    /// Where members queries ([`members_query`]) are answered from.
+    /// Where members queries ([`members_query`]) and hash queries ([`hash_query`])
+    /// are answered from.
     membership: OnceLock<crate::storage::ReaderPool>,
+    /// Hash queries computed at once; more wait. A HashKV reads the whole key space,
+    /// so a burst of questions must not occupy every blocking thread.
+    hash_permits: tokio::sync::Semaphore,
     /// Per-peer round trip and bytes (see [`sample_peer_stats`]).
     metrics: Arc<crate::metrics::Metrics>,
 }
+
+/// How many hash queries a member computes at the same time.
+const HASH_QUERIES_AT_ONCE: usize = 2;
 
 /// The first byte of every unidirectional stream: what it carries.
 const STREAM_MESSAGES: u8 = 1;
@@ -147,6 +155,7 @@ impl PeerTransport {
             check_peer_address,
             removed_from_cluster: watch::channel(false).0,
             membership: OnceLock::new(),
+            hash_permits: tokio::sync::Semaphore::new(HASH_QUERIES_AT_ONCE),
             metrics,
         });
         for ep in &inner.endpoints {
@@ -209,6 +218,59 @@ impl PeerTransport {
                 Ok::<u8, String>(answer[0])
             };
             match tokio::time::timeout(Duration::from_secs(5), ask).await {
+                Ok(Ok(a)) => return Ok(a),
+                Ok(Err(e)) => last = format!("{url}: {e}"),
+                Err(_) => last = format!("{url}: timed out"),
+            }
+        }
+        Err(last)
+    }
+
+    /// Asks member `peer`, at the first of `peer_urls` that answers, for its HashKV at
+    /// `revision` (see [`hash_query`]); each URL gets `timeout`. The URLs are passed
+    /// in because the initial corruption check asks before the Raft node has told
+    /// the transport who the members are.
+    pub async fn ask_hash_kv(
+        &self,
+        peer_urls: &[String],
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<hash_query::HashAnswer, String> {
+        let endpoint = self
+            .inner
+            .endpoints
+            .first()
+            .ok_or("no peer listener")?
+            .clone();
+        let query = hash_query::HashQuery {
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.local_id,
+            revision,
+        };
+        let mut last = String::from("no peer URLs");
+        for url in peer_urls {
+            let ask = async {
+                let hostport = url.split("://").nth(1).ok_or("not a URL")?;
+                let addr = tokio::net::lookup_host(hostport)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .next()
+                    .ok_or("no address")?;
+                let conn = endpoint
+                    .connect_with(self.inner.client_config.clone(), addr, &server_name(url))
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(&query.encode())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                let answer = hash_query::read_answer(&mut recv).await;
+                conn.close(0u32.into(), b"done");
+                answer
+            };
+            match tokio::time::timeout(timeout, ask).await {
                 Ok(Ok(a)) => return Ok(a),
                 Ok(Err(e)) => last = format!("{url}: {e}"),
                 Err(_) => last = format!("{url}: timed out"),
@@ -445,6 +507,10 @@ async fn accept_loop(inner: Arc<Inner>, endpoint: quinn::Endpoint) {
                 answer_promote_query(&inner, learner, send).await;
                 return;
             }
+            if let Some(query) = hash_query::HashQuery::decode(&opening) {
+                answer_hash_query(&inner, query, remote, send).await;
+                return;
+            }
             let hello = match Hello::decode(&opening) {
                 Ok(h) => h,
                 Err(e) => {
@@ -557,6 +623,78 @@ async fn answer_promote_query(inner: &Arc<Inner>, learner: u64, mut send: quinn:
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
     }
+}
+
+/// Tells a member this member's HashKV (see [`hash_query`]), computed on a read
+/// connection on a blocking thread, never on the Raft thread.
+async fn answer_hash_query(
+    inner: &Arc<Inner>,
+    query: hash_query::HashQuery,
+    remote: SocketAddr,
+    send: quinn::SendStream,
+) {
+    use hash_query::{HashAnswer, PeerHash};
+    let refusal = if query.cluster_id != inner.cluster_id {
+        Some(format!(
+            "cluster ID mismatch: asked by a member of {}, this is {}",
+            hex(query.cluster_id),
+            hex(inner.cluster_id)
+        ))
+    } else if !inner.is_member(query.from) {
+        Some(format!(
+            "{} is not a member of this cluster",
+            hex(query.from)
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = refusal {
+        tracing::warn!(remote_peer_member_id = %hex(query.from), %remote, %reason, "rejected hash kv request");
+        hash_query::answer(send, &HashAnswer::Refused { reason }).await;
+        return;
+    }
+    let Some(readers) = inner.membership.get().cloned() else {
+        let error = "the member is still starting".to_string();
+        hash_query::answer(send, &HashAnswer::Failed { error }).await;
+        return;
+    };
+    let Ok(_permit) = inner.hash_permits.acquire().await else {
+        return;
+    };
+    let revision = query.revision;
+    let computed = tokio::task::spawn_blocking(move || {
+        let mut out = None;
+        readers.get()?.read(|conn| {
+            out = Some(crate::mvcc::hash::hash_kv(conn, revision));
+            Ok(())
+        })?;
+        Ok::<_, crate::storage::StorageError>(out.expect("read closure ran"))
+    })
+    .await;
+    let answer = match computed {
+        Ok(Ok(Ok(h))) => HashAnswer::Hash(PeerHash {
+            member_id: inner.local_id,
+            hash: h.hash,
+            hash_revision: h.revision,
+            compact_revision: h.compact_revision,
+            revision: h.current_revision,
+        }),
+        Ok(Ok(Err(crate::error::RequestError::Compacted))) => HashAnswer::Compacted,
+        Ok(Ok(Err(crate::error::RequestError::FutureRevision))) => HashAnswer::FutureRevision,
+        Ok(Ok(Err(e))) => HashAnswer::Failed {
+            error: e.to_string(),
+        },
+        Ok(Err(e)) => HashAnswer::Failed {
+            error: e.to_string(),
+        },
+        Err(e) => HashAnswer::Failed {
+            error: format!("hash task failed: {e}"),
+        },
+    };
+    if let HashAnswer::Failed { error } = &answer {
+        tracing::warn!(requested_revision = revision, %error, "failed to get hashKV");
+    }
+    hash_query::answer(send, &answer).await;
 }
 
 /// Keeps a connection to a peer, redialling with backoff. `eager` (we have the lower

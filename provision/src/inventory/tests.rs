@@ -500,3 +500,77 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_auth_section_gives_roles_permissions_and_users() {
+    let text = format!(
+        "{GOOD}\n[[auth.role]]\nname = \"app\"\npermissions = [\n  {{ prefix = \"app/\", access = \"readwrite\" }},\n  {{ key = \"a\", range_end = \"c\", access = \"write\" }},\n  {{ key = \"z\", from_key = true, access = \"read\" }},\n  {{ key = \"config\", access = \"read\" }},\n]\n\n[[auth.user]]\nname = \"alice\"\nroles = [\"app\"]\npassword_file = \"alice.pw\"\n"
+    );
+    let inv = Inventory::parse("inv.toml", &text).unwrap();
+    let auth = inv.auth.expect("an [auth] section");
+    let perms: Vec<String> = auth.roles[0]
+        .permissions
+        .iter()
+        .map(auth::Permission::describe)
+        .collect();
+    assert_eq!(
+        perms,
+        [
+            "readwrite on prefix \"app/\"",
+            "write on range [\"a\", \"c\")",
+            "read on keys from \"z\" on",
+            "read on key \"config\"",
+        ]
+    );
+    assert_eq!(auth.users[0].roles, ["app"]);
+    assert_eq!(
+        auth.users[0].password_file.as_deref(),
+        Some(Path::new("alice.pw"))
+    );
+    assert!(Inventory::parse("inv.toml", GOOD).unwrap().auth.is_none());
+}
+
+#[test]
+fn auth_mistakes_are_named_with_their_lines() {
+    let base = GOOD.lines().count();
+    let cases = [
+        (
+            "[[auth.user]]\nname = \"root\"\n",
+            base + 3,
+            "auth.user[0].name: \"root\" is made by `provision auth apply` itself",
+        ),
+        (
+            "[[auth.user]]\nname = \"bob\"\nroles = [\"nope\"]\n",
+            base + 4,
+            "auth.user[0].roles: no [[auth.role]] is named \"nope\"",
+        ),
+        (
+            "[[auth.role]]\nname = \"r\"\npermissions = [{ key = \"k\", prefix = \"p\", access = \"read\" }]\n",
+            base + 4,
+            "auth.role[0].permissions[0]: give either key",
+        ),
+        (
+            "[[auth.role]]\nname = \"r\"\npermissions = [{ key = \"k\", access = \"all\" }]\n",
+            base + 4,
+            "auth.role[0].permissions[0].access: \"all\" is not \"read\", \"write\" or \"readwrite\"",
+        ),
+        (
+            "[[auth.role]]\nname = \"r\"\npermissions = [{ key = \"b\", range_end = \"a\", access = \"read\" }]\n",
+            base + 4,
+            "auth.role[0].permissions[0].range_end: \"a\" must sort after key \"b\"",
+        ),
+        (
+            "[[auth.role]]\nname = \"r\"\n[[auth.role]]\nname = \"r\"\n",
+            base + 5,
+            "auth.role[1].name: role \"r\" is listed twice",
+        ),
+    ];
+    for (section, line, text) in cases {
+        let e = error(&format!("{GOOD}\n{section}"));
+        let want = format!("inv.toml:{line}: {text}");
+        assert!(e.starts_with(&want), "got {e}\nwant {want}");
+    }
+    let plain = GOOD.replace("tls = \"self-signed\"", "tls = \"none\"");
+    let e = error(&format!("{plain}\n[[auth.user]]\nname = \"bob\"\n"));
+    assert!(e.contains("auth: needs tls = \"self-signed\""), "{e}");
+}

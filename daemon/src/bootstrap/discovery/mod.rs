@@ -19,7 +19,7 @@
 //! Every error text here is etcd's (`server/etcdserver/api/v2discovery`), since
 //! operators and tooling grep for them; this module is the one place they live.
 
-mod grpc_client;
+pub mod grpc_client;
 mod http_client;
 pub mod token;
 pub mod v2;
