@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod data_dir;
 pub mod etcd35;
 pub mod etcdctl;
 pub mod log_lines;
@@ -14,6 +15,7 @@ pub mod member;
 pub mod netns;
 pub mod pki;
 pub mod provision;
+pub mod users;
 pub mod wait;
 
 pub use cluster::Cluster;

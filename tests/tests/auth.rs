@@ -247,25 +247,7 @@ fn etcdctl_auth_session_prints_the_same_for_etcd_and_qetcd() {
 
 /// Sets up alice (readwrite on `app/`) and root, then enables auth.
 fn set_up_users(ctl: &Etcdctl) {
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "--prefix",
-            "app",
-            "readwrite",
-            "app/",
-        ],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "alice", "app"],
-        &["put", "secret", "s3cr3t"],
-        &["auth", "enable"],
-    ] {
-        ctl.run(args).ok();
-    }
+    qetcd_tests::users::enable_auth_with_alice(ctl, &[("secret", "s3cr3t")]);
 }
 
 fn as_user(ctl: &Etcdctl, user: &str) -> Etcdctl {

@@ -178,24 +178,7 @@ fn assert_refused(answer: (u16, String), text: &str, what: &str) {
 
 /// alice may read and write `app/`; root is root; auth enabled.
 fn set_up_users(ctl: &Etcdctl) {
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "--prefix",
-            "app",
-            "readwrite",
-            "app/",
-        ],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "alice", "app"],
-        &["auth", "enable"],
-    ] {
-        ctl.run(args).ok();
-    }
+    qetcd_tests::users::enable_auth_with_alice(ctl, &[]);
 }
 
 fn jwt_flag(keys: &KeyPair, sign_method: &str, ttl: &str, with_private: bool) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! own `snapshot restore` (Debian's etcdctl 3.4, etcdutl 3.5.1) of qetcd's and etcd's
 //! snapshots, and qetcd and etcd started on what restore made.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -363,7 +363,7 @@ fn etcd_snapshot_restores_into_qetcd(source: Binary, tool: Restorer) {
     let other = dir.path().join("other");
     restore(tool, &snapshot, &qetcd.spec, &other);
     std::fs::rename(other.join("member"), qetcd.data_dir.join("member")).unwrap();
-    let before = tree(&qetcd.data_dir);
+    let before = qetcd_tests::data_dir::contents(&qetcd.data_dir);
     let data_arg = qetcd.data_dir.display().to_string();
     let (code, log) = Member::run_to_exit(
         Binary::Qetcd,
@@ -377,7 +377,7 @@ fn etcd_snapshot_restores_into_qetcd(source: Binary, tool: Restorer) {
         "{log}"
     );
     assert_eq!(
-        tree(&qetcd.data_dir),
+        qetcd_tests::data_dir::contents(&qetcd.data_dir),
         before,
         "the data dir must not change"
     );
@@ -424,27 +424,10 @@ fn as_user(client: &Etcdctl, user: &str) -> Etcdctl {
 /// Users, a role with a permission, keys inside and outside it, and auth enabled:
 /// alice may read and write `app/`, nothing else.
 fn set_up_auth(client: &Etcdctl) {
-    let steps: &[&[&str]] = &[
-        &["user", "add", "root:rootpw"],
-        &["user", "add", "alice:alicepw"],
-        &["user", "grant-role", "root", "root"],
-        &["role", "add", "app"],
-        &[
-            "role",
-            "grant-permission",
-            "--prefix",
-            "app",
-            "readwrite",
-            "app/",
-        ],
-        &["user", "grant-role", "alice", "app"],
-        &["put", "app/a", "in-alices-prefix"],
-        &["put", "other", "not-alices"],
-        &["auth", "enable"],
-    ];
-    for args in steps {
-        client.run(args).ok();
-    }
+    qetcd_tests::users::enable_auth_with_alice(
+        client,
+        &[("app/a", "in-alices-prefix"), ("other", "not-alices")],
+    );
 }
 
 /// What `user get` / `role get` print for the auth store, as root.
@@ -538,29 +521,6 @@ fn auth_state_survives_snapshot_restore() {
     auth_survives_snapshot_restore(Binary::Qetcd, Binary::Qetcd);
 }
 
-/// Every file under `dir` with a digest of its content, but SQLite's `-shm` files: the
-/// shared-memory index every reader of a WAL-mode database rebuilds, not data.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, u64)> {
-    use std::hash::{Hash, Hasher};
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p.clone());
-                out.insert(p, (0, 0));
-            } else if !p.to_string_lossy().ends_with("-shm") {
-                let bytes = std::fs::read(&p).unwrap();
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                bytes.hash(&mut h);
-                out.insert(p.clone(), (bytes.len() as u64, h.finish()));
-            }
-        }
-    }
-    out
-}
-
 /// (d) A restored data dir whose backend is truncated, carries a wrong sha256 or is not
 /// a bbolt file is refused by name, and nothing is written; etcd's restore refuses
 /// such snapshot files too.
@@ -602,7 +562,7 @@ fn damaged_snapshots_are_refused_by_name_and_nothing_is_written() {
         restore(Restorer::Etcdctl34, &snapshot, &spec, &data);
         let db = data.join("member/snap/db");
         std::fs::write(&db, &bytes).unwrap();
-        let before = tree(&data);
+        let before = qetcd_tests::data_dir::contents(&data);
         let data_arg = data.display().to_string();
         let (code, log) = Member::run_to_exit(
             Binary::Qetcd,
@@ -632,6 +592,10 @@ fn damaged_snapshots_are_refused_by_name_and_nothing_is_written() {
                 && log.contains(why),
             "{name}: {log}"
         );
-        assert_eq!(tree(&data), before, "{name}: the data dir must not change");
+        assert_eq!(
+            qetcd_tests::data_dir::contents(&data),
+            before,
+            "{name}: the data dir must not change"
+        );
     }
 }
