@@ -185,6 +185,57 @@ impl PeerTransport {
             .get(&leader)
             .cloned()
             .unwrap_or_default();
+        let request = members_query::promote_query(learner);
+        self.ask_peer(
+            &urls,
+            &request,
+            Duration::from_secs(5),
+            |mut recv| async move {
+                let mut answer = [0u8; 1];
+                recv.read_exact(&mut answer)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(answer[0])
+            },
+        )
+        .await
+    }
+
+    /// Asks member `peer`, at the first of `peer_urls` that answers, for its HashKV at
+    /// `revision` (see [`hash_query`]); each URL gets `timeout`. The URLs are passed
+    /// in because the initial corruption check asks before the Raft node has told
+    /// the transport who the members are.
+    pub async fn ask_hash_kv(
+        &self,
+        peer_urls: &[String],
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<hash_query::HashAnswer, String> {
+        let query = hash_query::HashQuery {
+            cluster_id: self.inner.cluster_id,
+            from: self.inner.local_id,
+            revision,
+        };
+        self.ask_peer(peer_urls, &query.encode(), timeout, |mut recv| async move {
+            hash_query::read_answer(&mut recv).await
+        })
+        .await
+    }
+
+    /// One question to a peer outside the Raft stream: `request` on a fresh connection
+    /// to the first of `urls` that answers within `timeout`, its answer read by `read`.
+    /// The error names the last URL tried and why it failed.
+    async fn ask_peer<T, F, Fut>(
+        &self,
+        urls: &[String],
+        request: &[u8],
+        timeout: Duration,
+        read: F,
+    ) -> Result<T, String>
+    where
+        F: Fn(quinn::RecvStream) -> Fut,
+        Fut: std::future::Future<Output = Result<T, String>>,
+    {
         let endpoint = self
             .inner
             .endpoints
@@ -201,72 +252,14 @@ impl PeerTransport {
                     .next()
                     .ok_or("no address")?;
                 let conn = endpoint
-                    .connect_with(self.inner.client_config.clone(), addr, &server_name(&url))
-                    .map_err(|e| e.to_string())?
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                send.write_all(&members_query::promote_query(learner))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = send.finish();
-                let mut answer = [0u8; 1];
-                recv.read_exact(&mut answer)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                conn.close(0u32.into(), b"done");
-                Ok::<u8, String>(answer[0])
-            };
-            match tokio::time::timeout(Duration::from_secs(5), ask).await {
-                Ok(Ok(a)) => return Ok(a),
-                Ok(Err(e)) => last = format!("{url}: {e}"),
-                Err(_) => last = format!("{url}: timed out"),
-            }
-        }
-        Err(last)
-    }
-
-    /// Asks member `peer`, at the first of `peer_urls` that answers, for its HashKV at
-    /// `revision` (see [`hash_query`]); each URL gets `timeout`. The URLs are passed
-    /// in because the initial corruption check asks before the Raft node has told
-    /// the transport who the members are.
-    pub async fn ask_hash_kv(
-        &self,
-        peer_urls: &[String],
-        revision: i64,
-        timeout: Duration,
-    ) -> Result<hash_query::HashAnswer, String> {
-        let endpoint = self
-            .inner
-            .endpoints
-            .first()
-            .ok_or("no peer listener")?
-            .clone();
-        let query = hash_query::HashQuery {
-            cluster_id: self.inner.cluster_id,
-            from: self.inner.local_id,
-            revision,
-        };
-        let mut last = String::from("no peer URLs");
-        for url in peer_urls {
-            let ask = async {
-                let hostport = url.split("://").nth(1).ok_or("not a URL")?;
-                let addr = tokio::net::lookup_host(hostport)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .next()
-                    .ok_or("no address")?;
-                let conn = endpoint
                     .connect_with(self.inner.client_config.clone(), addr, &server_name(url))
                     .map_err(|e| e.to_string())?
                     .await
                     .map_err(|e| e.to_string())?;
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                send.write_all(&query.encode())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(request).await.map_err(|e| e.to_string())?;
                 let _ = send.finish();
-                let answer = hash_query::read_answer(&mut recv).await;
+                let answer = read(recv).await;
                 conn.close(0u32.into(), b"done");
                 answer
             };
