@@ -20,7 +20,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use crate::proto::mvccpb::Event;
 use crate::proto::qetcdpb::{LeaseExpire, MemberRecord, RaftRequest, raft_request::Request};
-use crate::storage::{Meta, StorageError};
+use crate::storage::{Meta, SharedKeyIndex, StateTxn, StorageError};
 
 /// The result of applying one client request.
 #[derive(Debug)]
@@ -161,6 +161,8 @@ pub struct StateMachine {
     auth: std::sync::Arc<crate::auth::AuthStore>,
     /// The log index of the entry being applied (simple tokens are named after it).
     entry_index: u64,
+    /// Which revisions each key has (shared with the readers).
+    keys: SharedKeyIndex,
 }
 
 /// Who proposed a request, as the log entry says.
@@ -171,16 +173,23 @@ struct Caller<'a> {
 
 impl StateMachine {
     pub fn load(conn: &Connection, member_id: u64) -> Result<Self, StorageError> {
-        Self::with_lessor(conn, member_id, Default::default(), Default::default())
+        Self::with_lessor(
+            conn,
+            member_id,
+            Default::default(),
+            Default::default(),
+            SharedKeyIndex::load(conn)?,
+        )
     }
 
     /// Loads the state machine and fills `lessor` with the leases in the database and
-    /// `auth` with its users and roles.
+    /// `auth` with its users and roles. `keys` must be the index of this database.
     pub fn with_lessor(
         conn: &Connection,
         member_id: u64,
         lessor: std::sync::Arc<crate::lease::Lessor>,
         auth: std::sync::Arc<crate::auth::AuthStore>,
+        keys: SharedKeyIndex,
     ) -> Result<Self, StorageError> {
         lessor
             .restore(conn)
@@ -205,7 +214,19 @@ impl StateMachine {
             alarms_changed: true,
             auth,
             entry_index: 0,
+            keys,
         })
+    }
+
+    /// The key index this state machine records into.
+    pub fn keys(&self) -> &SharedKeyIndex {
+        &self.keys
+    }
+
+    /// Called once the batch that applied entries is committed (see
+    /// [`SharedKeyIndex::committed`]).
+    pub fn committed(&self) {
+        self.keys.committed();
     }
 
     pub fn applied_index(&self) -> u64 {
@@ -228,6 +249,9 @@ impl StateMachine {
         if entry.index <= self.applied_index {
             return Ok(None);
         }
+        let writer = self.keys.writer();
+        let txn = StateTxn::writer(conn, &writer);
+        let conn = &txn;
         enter_generation(conn, self.applied_index, entry.index)?;
         self.entry_term = entry.term;
         self.entry_index = entry.index;
@@ -357,7 +381,7 @@ impl StateMachine {
     /// all, before writing anything.
     fn apply_request(
         &mut self,
-        conn: &Connection,
+        conn: &StateTxn<'_>,
         caller: &Caller<'_>,
         request: Option<Request>,
     ) -> Result<ApplyResult, StorageError> {
@@ -467,7 +491,7 @@ impl StateMachine {
     /// the store itself; compaction, as in etcd 3.4 and 3.5, is not checked.
     fn check_permission(
         &self,
-        conn: &Connection,
+        conn: &StateTxn<'_>,
         caller: &Caller<'_>,
         request: Option<&Request>,
     ) -> Result<(), RequestError> {
@@ -482,7 +506,7 @@ impl StateMachine {
             if lease == 0 {
                 return Ok(());
             }
-            crate::storage::keyspace::lease_keys(conn, lease)?
+            crate::storage::keyspace::lease_keys(conn, lease)
                 .iter()
                 .try_for_each(|k| check(k, b"", crate::auth::Access::Write))
         };
@@ -504,7 +528,7 @@ impl StateMachine {
 
     fn dispatch(
         &mut self,
-        conn: &Connection,
+        conn: &StateTxn<'_>,
         caller: &Caller<'_>,
         request: Option<Request>,
     ) -> ApplyResult {
@@ -527,7 +551,14 @@ impl StateMachine {
             }
             Some(Request::Txn(t)) => {
                 let mut w = self.write_txn(conn);
-                let r = mvcc::apply_txn(&mut w, &t)?;
+                let r = match mvcc::apply_txn(&mut w, &t) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // apply_request rolls back the rows.
+                        w.roll_back();
+                        return Err(e);
+                    }
+                };
                 self.finish_write(&mut w)?;
                 Applied::Txn(r)
             }
@@ -585,7 +616,7 @@ impl StateMachine {
     }
 
     /// A write on top of the current revisions, recording watch events if asked to.
-    fn write_txn<'c>(&self, conn: &'c Connection) -> WriteTxn<'c> {
+    fn write_txn<'c>(&self, conn: &'c StateTxn<'c>) -> WriteTxn<'c> {
         WriteTxn::new(conn, self.revisions).collecting(self.collect_events)
     }
 
@@ -672,9 +703,10 @@ mod tests {
         use crate::proto::qetcdpb::auth_change::Change;
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
+        let keys = SharedKeyIndex::load(&conn).unwrap();
         let store = std::sync::Arc::new(crate::auth::AuthStore::default());
         let mut sm =
-            StateMachine::with_lessor(&conn, 7, Default::default(), store.clone()).unwrap();
+            StateMachine::with_lessor(&conn, 7, Default::default(), store.clone(), keys).unwrap();
         let grant = AuthRoleGrantPermissionRequest {
             name: "app".into(),
             perm: Some(Permission {

@@ -258,9 +258,7 @@ async fn metrics(State(ctx): State<Arc<ApiContext>>, req: Request) -> Response {
     let figures = ctx
         .read(|conn| {
             let (total, in_use) = crate::mvcc::db_size(conn)?;
-            let keys: i64 = conn
-                .prepare_cached("SELECT count(*) FROM kv_live")?
-                .query_row([], |r| r.get(0))?;
+            let keys = crate::storage::keyspace::live_keys(conn);
             Ok((total, in_use, keys))
         })
         .await;

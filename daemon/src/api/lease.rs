@@ -164,7 +164,7 @@ impl Lease for LeaseService {
             .read(move |conn| {
                 let revision = Revisions::load(conn)?.current;
                 let found = match lease::granted_ttl(conn, id)? {
-                    Some(ttl) if with_keys => Some((ttl, lease::keys(conn, id)?)),
+                    Some(ttl) if with_keys => Some((ttl, lease::keys(conn, id))),
                     Some(ttl) => Some((ttl, Vec::new())),
                     None => None,
                 };

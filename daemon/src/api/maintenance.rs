@@ -102,7 +102,10 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         self.ctx.check_admin(&req)?;
-        let (hash, revision) = self.ctx.read(crate::mvcc::hash::hash_all).await?;
+        let (hash, revision) = self
+            .ctx
+            .read(|txn| crate::mvcc::hash::hash_all(txn))
+            .await?;
         Ok(Response::new(HashResponse {
             header: Some(self.ctx.header(revision)),
             hash,

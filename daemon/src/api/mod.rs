@@ -94,7 +94,7 @@ impl ApiContext {
     /// Runs a read on a pooled connection, off the async threads.
     pub async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&rusqlite::Connection) -> Result<T, RequestError> + Send + 'static,
+        f: impl FnOnce(&crate::storage::StateTxn<'_>) -> Result<T, RequestError> + Send + 'static,
     ) -> Result<T, RequestError> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || {

@@ -283,7 +283,7 @@ async fn get(ctx: &Arc<ApiContext>, key: &str, params: &Params) -> Result<Respon
 
 /// The node at `key`: a leaf, a directory with its children, or nothing.
 fn read_node(
-    conn: &rusqlite::Connection,
+    conn: &crate::storage::StateTxn<'_>,
     key: &str,
     recursive: bool,
     revs: Revisions,
@@ -316,7 +316,7 @@ fn read_node(
 /// The shortest prefix of `key` (`/a`, `/a/b`, …) that is neither a key nor a
 /// directory: what etcd's v2 store reports as the cause of "Key not found".
 fn first_missing(
-    conn: &rusqlite::Connection,
+    conn: &crate::storage::StateTxn<'_>,
     key: &str,
     revs: Revisions,
 ) -> Result<String, RequestError> {

@@ -127,7 +127,7 @@ impl Session {
     }
 
     async fn revisions(&self) -> Result<Revisions, RequestError> {
-        self.ctx.read(Revisions::load).await
+        self.ctx.read(|txn| Revisions::load(txn)).await
     }
 
     async fn on_request(&mut self, req: WatchRequest) -> Result<(), Gone> {
@@ -413,7 +413,10 @@ async fn recv(
     }
 }
 
-fn add_prev_kvs(conn: &rusqlite::Connection, events: &mut [Event]) -> Result<(), RequestError> {
+fn add_prev_kvs(
+    conn: &crate::storage::StateTxn<'_>,
+    events: &mut [Event],
+) -> Result<(), RequestError> {
     for e in events {
         if let Some(kv) = &e.kv {
             e.prev_kv = history::previous(conn, &kv.key, kv.mod_revision)?;

@@ -21,7 +21,7 @@ use crate::bbolt::{Bucket, Reader};
 use crate::membership;
 use crate::proto::authpb::{Role, User};
 use crate::proto::mvccpb::KeyValue;
-use crate::storage::keyspace::{self, Import, RevisionRow};
+use crate::storage::keyspace::{Import, RevisionRow};
 
 /// What a checked backend file holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,7 +148,7 @@ impl EtcdBackend {
             membership::record_removed(import.conn(), id)?;
         }
         if summary.compacted > 0 {
-            keyspace::compact(import.conn(), summary.compacted)?;
+            import.compact(summary.compacted)?;
         }
         finish(import.conn())?;
         import.commit(summary.current, summary.compacted)?;

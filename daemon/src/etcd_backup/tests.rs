@@ -5,7 +5,7 @@ use super::import::EtcdBackend;
 use super::save::write_snapshot;
 use super::*;
 use crate::storage::keyspace::{self, RevisionRow};
-use crate::storage::{Meta, leases, open_writer};
+use crate::storage::{Meta, TestStore, leases, open_writer};
 
 fn row(key: &str, main: i64, sub: i64, create: i64, version: i64, tombstone: bool) -> RevisionRow {
     RevisionRow {
@@ -37,7 +37,8 @@ fn all_revisions(conn: &rusqlite::Connection) -> Vec<RevisionRow> {
 #[test]
 fn a_saved_snapshot_imports_back_to_the_same_store() {
     let dir = tempfile::tempdir().unwrap();
-    let src = open_writer(&dir.path().join("src.db")).unwrap();
+    let store = TestStore::open(&dir.path().join("src.db"));
+    let src = store.txn();
     let rows = [
         row("a", 2, 0, 2, 1, false),
         row("b", 3, 0, 3, 1, false),
@@ -103,12 +104,17 @@ fn a_saved_snapshot_imports_back_to_the_same_store() {
     assert_eq!(all_revisions(&dst), all_revisions(&src));
     assert_eq!(leases::all(&dst).unwrap(), [(7, 60)]);
     assert_eq!(Meta::MemberId.get_u64(&dst).unwrap(), Some(1));
+    let dst = TestStore::with(dst);
     assert_eq!(
-        keyspace::live(&dst, b"leased").unwrap().unwrap().lease,
+        keyspace::live(&dst.txn(), b"leased", true)
+            .unwrap()
+            .unwrap()
+            .lease,
         7,
         "live keys rebuilt"
     );
-    assert!(keyspace::live(&dst, b"a").unwrap().is_none());
+    assert!(keyspace::live(&dst.txn(), b"a", false).unwrap().is_none());
+    let mut dst = dst.conn;
 
     // Importing into a store that holds data is refused.
     let err = backend.import(&mut dst, |_| Ok(())).unwrap_err();
@@ -173,7 +179,8 @@ fn auth_store() -> crate::auth::AuthState {
 #[test]
 fn auth_store_and_removed_members_survive_save_and_import() {
     let dir = tempfile::tempdir().unwrap();
-    let src = open_writer(&dir.path().join("src.db")).unwrap();
+    let store = TestStore::open(&dir.path().join("src.db"));
+    let src = store.txn();
     keyspace::write(&src, &row("app/x", 2, 0, 2, 1, false)).unwrap();
     Meta::Revision.set_i64(&src, 2).unwrap();
     let auth = auth_store();

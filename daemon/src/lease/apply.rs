@@ -52,11 +52,11 @@ pub fn revoke(
     lessor: &Lessor,
     id: i64,
 ) -> Result<LeaseRevokeResponse, RequestError> {
-    let conn = w.conn();
+    let conn = w.txn();
     if !super::exists(conn, id)? {
         return Err(RequestError::LeaseNotFound);
     }
-    for key in super::keys(conn, id)? {
+    for key in super::keys(conn, id) {
         w.delete_keys(&KeyRange::Single(key), false)?;
     }
     crate::storage::leases::delete(conn, id)?;

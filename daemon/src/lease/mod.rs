@@ -37,8 +37,8 @@ pub fn granted_ttl(conn: &Connection, id: i64) -> Result<Option<i64>, RequestErr
 }
 
 /// The keys attached to lease `id`, in key order.
-pub fn keys(conn: &Connection, id: i64) -> Result<Vec<Vec<u8>>, RequestError> {
-    Ok(crate::storage::keyspace::lease_keys(conn, id)?)
+pub fn keys(txn: &crate::storage::StateTxn<'_>, id: i64) -> Vec<Vec<u8>> {
+    crate::storage::keyspace::lease_keys(txn, id)
 }
 
 /// Every granted lease, in ID order.

@@ -6,14 +6,15 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::mvcc::{Revisions, WriteTxn};
 use crate::proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
+use crate::storage::{StateTxn, TestStore};
 
-fn db() -> (tempfile::TempDir, Connection) {
+fn db() -> (tempfile::TempDir, TestStore) {
     let dir = tempfile::tempdir().unwrap();
-    let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
-    (dir, conn)
+    let store = TestStore::open(&dir.path().join("s.db"));
+    (dir, store)
 }
 
-fn put(conn: &Connection, revs: &mut Revisions, key: &str, lease: i64) {
+fn put(conn: &StateTxn<'_>, revs: &mut Revisions, key: &str, lease: i64) {
     let mut w = WriteTxn::new(conn, *revs);
     w.put(&PutRequest {
         key: key.into(),
@@ -47,7 +48,8 @@ fn generated_ids_are_positive_distinct_and_carry_the_member() {
 
 #[test]
 fn grant_refuses_an_existing_id_and_revoke_a_missing_one() {
-    let (_d, conn) = db();
+    let (_d, store) = db();
+    let conn = store.txn();
     let lessor = Lessor::default();
     let req = LeaseGrantRequest { ttl: 10, id: 5 };
     let resp = grant(&conn, &lessor, &req, 1).unwrap();
@@ -66,7 +68,8 @@ fn grant_refuses_an_existing_id_and_revoke_a_missing_one() {
 
 #[test]
 fn revoke_deletes_the_attached_keys_in_one_revision() {
-    let (_d, conn) = db();
+    let (_d, store) = db();
+    let conn = store.txn();
     let lessor = Lessor::default();
     let mut revs = Revisions::load(&conn).unwrap();
     grant(&conn, &lessor, &LeaseGrantRequest { ttl: 10, id: 7 }, 1).unwrap();
@@ -76,7 +79,7 @@ fn revoke_deletes_the_attached_keys_in_one_revision() {
     // Re-put without the lease: detached.
     put(&conn, &mut revs, "d", 7);
     put(&conn, &mut revs, "d", 0);
-    assert_eq!(keys(&conn, 7).unwrap(), [b"a".to_vec(), b"b".to_vec()]);
+    assert_eq!(keys(&conn, 7), [b"a".to_vec(), b"b".to_vec()]);
     assert_eq!(revs.current, 6);
 
     let mut w = WriteTxn::new(&conn, revs);
@@ -116,7 +119,8 @@ fn revoke_deletes_the_attached_keys_in_one_revision() {
 
 #[test]
 fn renew_answers_the_granted_ttl_or_zero_for_a_missing_lease() {
-    let (_d, conn) = db();
+    let (_d, store) = db();
+    let conn = store.txn();
     let lessor = Lessor::default();
     grant(&conn, &lessor, &LeaseGrantRequest { ttl: 30, id: 3 }, 1).unwrap();
     assert_eq!(renew(&conn, &lessor, 3, 1).unwrap().ttl, 30);
@@ -166,7 +170,8 @@ fn promotion_gives_every_lease_a_full_ttl_plus_an_election_timeout() {
 
 #[test]
 fn restore_tracks_what_the_database_holds() {
-    let (_d, conn) = db();
+    let (_d, store) = db();
+    let conn = store.txn();
     let lessor = Arc::new(Lessor::default());
     grant(&conn, &lessor, &LeaseGrantRequest { ttl: 30, id: 3 }, 1).unwrap();
     lessor.refresh(99, 5); // not in the database
@@ -210,10 +215,17 @@ mod through_the_state_machine {
 
     #[test]
     fn grant_put_renew_revoke() {
-        let (_d, conn) = db();
+        let (_d, store) = db();
+        let conn = store.txn();
         let lessor = Arc::new(Lessor::default());
-        let mut sm =
-            StateMachine::with_lessor(&conn, 7, lessor.clone(), Default::default()).unwrap();
+        let mut sm = StateMachine::with_lessor(
+            &conn,
+            7,
+            lessor.clone(),
+            Default::default(),
+            store.keys.clone(),
+        )
+        .unwrap();
         let grant = LeaseGrantRequest { ttl: 30, id: 42 };
         match apply(&mut sm, &conn, 1, Request::LeaseGrant(grant)).result {
             Ok(Applied::LeaseGrant(r)) => assert_eq!((r.id, r.ttl), (42, 30)),
@@ -304,7 +316,14 @@ mod through_the_state_machine {
             .result
             .unwrap();
         let fresh = Arc::new(Lessor::default());
-        StateMachine::with_lessor(&conn, 7, fresh.clone(), Default::default()).unwrap();
+        StateMachine::with_lessor(
+            &conn,
+            7,
+            fresh.clone(),
+            Default::default(),
+            store.keys.clone(),
+        )
+        .unwrap();
         assert_eq!(fresh.len(), 1);
         assert!(fresh.remaining(43).is_some());
     }

@@ -30,7 +30,7 @@ use rusqlite::Connection;
 use super::Revisions;
 use crate::error::RequestError;
 use crate::storage::keyspace::{self, RevisionRow};
-use crate::storage::{KeyRange, StorageError};
+use crate::storage::{KeyRange, StateTxn, StorageError};
 
 /// CRC-32C (Castagnoli), as Go's `crc32.MakeTable(crc32.Castagnoli)`.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +119,7 @@ pub struct KvHash {
 
 /// etcd's HashKV at `revision` (0: the current one), read inside the caller's
 /// transaction.
-pub fn hash_kv(conn: &Connection, revision: i64) -> Result<KvHash, RequestError> {
+pub fn hash_kv(conn: &StateTxn<'_>, revision: i64) -> Result<KvHash, RequestError> {
     let revs = Revisions::load(conn)?;
     // etcd's "never compacted" is -1; a compaction at 0 is impossible.
     let compact = if revs.compacted == 0 {
@@ -171,7 +171,7 @@ pub fn hash_kv(conn: &Connection, revision: i64) -> Result<KvHash, RequestError>
 }
 
 /// Whether `row` is what a read at `rev` returns for its key.
-fn visible_at(conn: &Connection, row: &RevisionRow, rev: i64) -> Result<bool, StorageError> {
+fn visible_at(conn: &StateTxn<'_>, row: &RevisionRow, rev: i64) -> Result<bool, StorageError> {
     if row.tombstone {
         return Ok(false);
     }

@@ -3,13 +3,12 @@
 use std::cmp::Ordering;
 use std::ops::ControlFlow;
 
-use rusqlite::Connection;
-
 use super::{KeyRange, Revisions};
 use crate::error::RequestError;
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use crate::proto::mvccpb::KeyValue;
+use crate::storage::StateTxn;
 use crate::storage::keyspace::{self, At, Scan};
 
 /// Executes a range read in the caller's transaction.
@@ -19,7 +18,7 @@ use crate::storage::keyspace::{self, At, Scan};
 /// and limit apply afterwards, and `more` says whether the limit cut anything off.
 /// The header carries the store's current revision, even for reads in the past.
 pub fn range(
-    conn: &Connection,
+    conn: &StateTxn<'_>,
     req: &RangeRequest,
     revs: Revisions,
 ) -> Result<RangeResponse, RequestError> {

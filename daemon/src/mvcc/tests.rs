@@ -10,7 +10,7 @@ use crate::proto::etcdserverpb::request_op::Request;
 use crate::proto::etcdserverpb::*;
 
 struct Store {
-    conn: Connection,
+    db: crate::storage::TestStore,
     revs: Revisions,
     _dir: tempfile::TempDir,
 }
@@ -18,19 +18,27 @@ struct Store {
 impl Store {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
-        let revs = Revisions::load(&conn).unwrap();
+        let db = crate::storage::TestStore::open(&dir.path().join("s.db"));
+        let revs = Revisions::load(&db.conn).unwrap();
         Store {
-            conn,
+            db,
             revs,
             _dir: dir,
         }
     }
 
+    fn txn(&self) -> crate::storage::StateTxn<'_> {
+        self.db.txn()
+    }
+
     fn write<T>(&mut self, f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T, RequestError>) -> T {
-        let mut w = WriteTxn::new(&self.conn, self.revs);
-        let out = f(&mut w).unwrap();
-        self.revs.current = w.revision();
+        let (out, revision) = {
+            let txn = self.txn();
+            let mut w = WriteTxn::new(&txn, self.revs);
+            let out = f(&mut w).unwrap();
+            (out, w.revision())
+        };
+        self.revs.current = revision;
         out
     }
 
@@ -42,7 +50,7 @@ impl Store {
     }
 
     fn get(&self, req: RangeRequest) -> Result<RangeResponse, RequestError> {
-        range(&self.conn, &req, self.revs)
+        range(&self.txn(), &req, self.revs)
     }
 }
 
@@ -162,7 +170,7 @@ fn compaction_keeps_what_reads_at_or_after_it_see() {
             ..Default::default()
         })
     }); // 5
-    s.revs = compact(&s.conn, s.revs, 4).unwrap();
+    s.revs = compact(&s.txn(), s.revs, 4).unwrap();
     assert!(matches!(
         s.get(RangeRequest {
             key: "a".into(),
@@ -182,15 +190,15 @@ fn compaction_keeps_what_reads_at_or_after_it_see() {
     assert_eq!(keys(&at4), ["a", "b"]);
     assert_eq!(at4.kvs[0].value, b"2");
     assert!(matches!(
-        compact(&s.conn, s.revs, 4),
+        compact(&s.txn(), s.revs, 4),
         Err(RequestError::Compacted)
     ));
     assert!(matches!(
-        compact(&s.conn, s.revs, 9),
+        compact(&s.txn(), s.revs, 9),
         Err(RequestError::FutureRevision)
     ));
     assert_eq!(
-        stored_revisions(&s.conn),
+        stored_revisions(&s.txn()),
         [
             ("a".to_string(), 3, false),
             ("b".to_string(), 4, false),
@@ -279,8 +287,11 @@ fn put_options() {
         ignore_value: true,
         ..Default::default()
     };
-    let mut w = WriteTxn::new(&s.conn, s.revs);
-    assert!(matches!(w.put(&ignore), Err(RequestError::KeyNotFound)));
+    {
+        let txn = s.txn();
+        let mut w = WriteTxn::new(&txn, s.revs);
+        assert!(matches!(w.put(&ignore), Err(RequestError::KeyNotFound)));
+    }
     s.put("a", "keep");
     let r = s.write(|w| {
         w.put(&PutRequest {
@@ -297,7 +308,8 @@ fn put_options() {
         .unwrap()
         .kvs[0];
     assert_eq!((kv.value.as_slice(), kv.version), (&b"keep"[..], 2));
-    let mut w = WriteTxn::new(&s.conn, s.revs);
+    let txn = s.txn();
+    let mut w = WriteTxn::new(&txn, s.revs);
     assert!(matches!(
         w.put(&PutRequest {
             lease: 42,

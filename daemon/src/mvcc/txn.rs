@@ -142,7 +142,7 @@ pub fn apply_txn(w: &mut WriteTxn<'_>, req: &TxnRequest) -> Result<TxnResponse, 
     for op in ops {
         let response = match &op.request {
             Some(Request::RequestRange(r)) => {
-                Some(Response::ResponseRange(range(w.conn(), r, w.view())?))
+                Some(Response::ResponseRange(range(w.txn(), r, w.view())?))
             }
             Some(Request::RequestPut(p)) => Some(Response::ResponsePut(w.put(p)?)),
             Some(Request::RequestDeleteRange(d)) => {
@@ -171,7 +171,7 @@ fn compare(w: &WriteTxn<'_>, c: &Compare) -> Result<bool, RequestError> {
         range_end: c.range_end.clone(),
         ..Default::default()
     };
-    let found = range(w.conn(), &req, w.view())?.kvs;
+    let found = range(w.txn(), &req, w.view())?.kvs;
     let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
     if found.is_empty() {
         if target == CompareTarget::Value {

@@ -2,21 +2,27 @@
 
 use std::ops::ControlFlow;
 
-use rusqlite::Connection;
-
 use super::{KeyRange, Revisions};
 use crate::error::RequestError;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, ResponseHeader,
 };
 use crate::proto::mvccpb::{Event, KeyValue};
+use crate::storage::StateTxn;
+use crate::storage::key_index::Undo;
 use crate::storage::keyspace::{self, At, RevisionRow, Scan};
 
 /// The changes of one client request (a put, a delete or a whole txn). They all share
 /// one main revision — `current + 1` — which exists only if something changed.
+///
+/// A request that fails after writing (a txn) is taken back with
+/// [`WriteTxn::roll_back`], which undoes its changes to the key index while the caller
+/// rolls back their rows.
 pub struct WriteTxn<'c> {
-    conn: &'c Connection,
+    txn: &'c StateTxn<'c>,
     base: Revisions,
+    /// How to take this request's changes back out of the key index.
+    undo: Vec<Undo>,
     /// Changes made so far; the next change's sub-revision.
     changes: i64,
     /// The changes as watch events, when someone watches (see [`WriteTxn::collecting`]).
@@ -25,10 +31,11 @@ pub struct WriteTxn<'c> {
 }
 
 impl<'c> WriteTxn<'c> {
-    pub fn new(conn: &'c Connection, base: Revisions) -> Self {
+    pub fn new(txn: &'c StateTxn<'c>, base: Revisions) -> Self {
         WriteTxn {
-            conn,
+            txn,
             base,
+            undo: Vec::new(),
             changes: 0,
             events: Vec::new(),
             collect: true,
@@ -47,8 +54,19 @@ impl<'c> WriteTxn<'c> {
         std::mem::take(&mut self.events)
     }
 
-    pub fn conn(&self) -> &'c Connection {
-        self.conn
+    pub fn txn(&self) -> &'c StateTxn<'c> {
+        self.txn
+    }
+
+    /// Takes this request's changes back out of the key index; the caller rolls back
+    /// their rows (the request's savepoint).
+    pub fn roll_back(mut self) {
+        if let Some(writer) = self.txn.writer_index() {
+            let mut index = writer.write();
+            for undo in self.undo.drain(..).rev() {
+                index.undo(undo);
+            }
+        }
     }
 
     /// The revisions as a read inside this request sees them: its own changes included.
@@ -76,7 +94,7 @@ impl<'c> WriteTxn<'c> {
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, RequestError> {
-        let prev = keyspace::live(self.conn, &req.key)?;
+        let prev = keyspace::live(self.txn, &req.key, req.prev_kv || req.ignore_value)?;
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(RequestError::KeyNotFound);
         }
@@ -88,7 +106,7 @@ impl<'c> WriteTxn<'c> {
             (Some(p), true) => p.lease,
             _ => req.lease,
         };
-        if lease != 0 && !crate::lease::exists(self.conn, lease)? {
+        if lease != 0 && !crate::lease::exists(self.txn, lease)? {
             return Err(RequestError::LeaseNotFound);
         }
         let main = self.base.current + 1;
@@ -115,7 +133,7 @@ impl<'c> WriteTxn<'c> {
 
     /// Stores one change and counts it; keeps its event if events are collected.
     fn record(&mut self, row: RevisionRow) -> Result<(), RequestError> {
-        keyspace::write(self.conn, &row)?;
+        self.undo.push(keyspace::write(self.txn, &row)?);
         self.changes += 1;
         if self.collect {
             self.events.push(row.into_event());
@@ -149,7 +167,7 @@ impl<'c> WriteTxn<'c> {
             descending: false,
             values: want_prev,
         };
-        keyspace::scan(self.conn, range, scan, |kv| {
+        keyspace::scan(self.txn, range, scan, |kv| {
             victims.push(kv);
             ControlFlow::Continue(())
         })?;

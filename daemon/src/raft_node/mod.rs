@@ -371,6 +371,9 @@ pub struct AppliedState {
     pub auth: Arc<crate::auth::AuthStore>,
     /// The member's metrics (leader, proposals, commit latencies) the node keeps current.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The key index of the state database, when the member shares it with its
+    /// readers; the node loads its own otherwise.
+    pub keys: Option<crate::storage::SharedKeyIndex>,
 }
 
 /// Commands that may wait for the Raft thread. It takes up to 4096 per turn of its loop;
@@ -486,8 +489,13 @@ impl Node {
             events,
             auth,
             metrics,
+            keys,
         } = applied;
-        let machine = StateMachine::with_lessor(&conn, cfg.id, lessor.clone(), auth.clone())?;
+        let keys = match keys {
+            Some(k) => k,
+            None => crate::storage::SharedKeyIndex::load(&conn)?,
+        };
+        let machine = StateMachine::with_lessor(&conn, cfg.id, lessor.clone(), auth.clone(), keys)?;
         let checkpointer = conn
             .path()
             .filter(|p| !p.is_empty())
@@ -940,6 +948,7 @@ impl Node {
             }
             let started = Instant::now();
             batch.commit()?;
+            self.machine.committed();
             self.metrics
                 .backend_commit
                 .observe(started.elapsed().as_secs_f64());
@@ -975,14 +984,22 @@ impl Node {
             let mut batch = log.batch(Durability::SyncAll)?;
             crate::storage::snapshot::install_attached(batch.conn())?;
             batch.reset_to_snapshot(meta.index, meta.term, meta.get_conf_state())?;
-            let machine = StateMachine::with_lessor(
-                batch.conn(),
-                self.cfg.id,
-                self.lessor.clone(),
-                self.auth.clone(),
-            )?;
-            batch.commit()?;
-            self.machine = machine;
+            let keys = self.machine.keys().clone();
+            let mut machine = None;
+            // Readers wait while the key index is rebuilt and the new state committed.
+            keys.replace(|| {
+                let index = crate::storage::key_index::KeyIndex::load(batch.conn())?;
+                machine = Some(StateMachine::with_lessor(
+                    batch.conn(),
+                    self.cfg.id,
+                    self.lessor.clone(),
+                    self.auth.clone(),
+                    keys.clone(),
+                )?);
+                batch.commit()?;
+                Ok(index)
+            })?;
+            self.machine = machine.expect("set by the replacement");
             Ok(())
         })();
         log.conn().execute("DETACH DATABASE snap", [])?;

@@ -387,11 +387,12 @@ impl Checker {
         let leader = self.node.id();
         let before = own_hash(&self.readers).await?;
         let readers = self.readers.clone();
-        let members =
-            tokio::task::spawn_blocking(move || readers.get()?.read(crate::membership::list))
-                .await
-                .map_err(|e| format!("membership read task failed: {e}"))?
-                .map_err(|e| e.to_string())?;
+        let members = tokio::task::spawn_blocking(move || {
+            readers.get()?.read(|txn| crate::membership::list(txn))
+        })
+        .await
+        .map_err(|e| format!("membership read task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
         let cluster_size = members.len();
         let peers: Vec<Member> = members.into_iter().filter(|m| m.id != leader).collect();
         let answers = ask_peers(

@@ -151,7 +151,8 @@ impl Member {
             tracing::info!(address = %addr, "listening for peers (QUIC over UDP)");
         }
         let client_tls = crate::tls::client_side::server_config(&cfg)?;
-        let readers = ReaderPool::new(boot.db_path.clone());
+        let keys = crate::storage::SharedKeyIndex::load(&boot.conn)?;
+        let readers = ReaderPool::new(boot.db_path.clone(), keys.clone());
         if cfg.initial_corrupt_check && boot.restarted {
             // As etcd: before the Raft node starts and before clients are served.
             // The transport learns the members first, so that peers calling meanwhile
@@ -178,6 +179,7 @@ impl Member {
             events: Default::default(),
             auth: Arc::new(crate::auth::AuthStore::with_tokens(tokens, cfg.bcrypt_cost)),
             metrics,
+            keys: Some(keys),
         };
         let (node, node_thread) = raft_node::start(
             NodeConfig {

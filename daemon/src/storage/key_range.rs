@@ -45,6 +45,31 @@ impl KeyRange {
         }
     }
 
+    /// What is left of the range once a scan reached `last`: the keys after it, or
+    /// before it when scanning in descending order.
+    pub fn past(&self, last: &[u8], descending: bool) -> KeyRange {
+        let start = |r: &KeyRange| match r {
+            KeyRange::Single(k) | KeyRange::Span(k, _) | KeyRange::From(k) => k.clone(),
+            KeyRange::Empty => Vec::new(),
+        };
+        if descending {
+            return match self {
+                KeyRange::Span(..) | KeyRange::From(_) if start(self).as_slice() < last => {
+                    KeyRange::Span(start(self), last.to_vec())
+                }
+                _ => KeyRange::Empty,
+            };
+        }
+        // The smallest key after `last`.
+        let mut next = last.to_vec();
+        next.push(0);
+        match self {
+            KeyRange::Span(_, end) if next < *end => KeyRange::Span(next, end.clone()),
+            KeyRange::From(_) => KeyRange::From(next),
+            _ => KeyRange::Empty,
+        }
+    }
+
     /// A SQL condition on column `key`, with the parameters it binds.
     pub(crate) fn sql(&self) -> (&'static str, Vec<&[u8]>) {
         match self {
@@ -71,6 +96,28 @@ mod tests {
         );
         assert_eq!(KeyRange::new(b"c", b"a"), KeyRange::Empty);
         assert_eq!(KeyRange::new(b"c", b"c"), KeyRange::Empty);
+    }
+
+    #[test]
+    fn what_is_left_past_a_key() {
+        let span = KeyRange::new(b"b", b"d");
+        assert_eq!(
+            span.past(b"c", false),
+            KeyRange::Span(b"c\0".to_vec(), b"d".to_vec())
+        );
+        assert_eq!(
+            span.past(b"c", true),
+            KeyRange::Span(b"b".to_vec(), b"c".to_vec())
+        );
+        assert_eq!(span.past(b"b", true), KeyRange::Empty);
+        assert_eq!(
+            KeyRange::From(b"a".to_vec()).past(b"x", false),
+            KeyRange::From(b"x\0".to_vec())
+        );
+        assert_eq!(
+            KeyRange::Single(b"a".to_vec()).past(b"a", false),
+            KeyRange::Empty
+        );
     }
 
     #[test]

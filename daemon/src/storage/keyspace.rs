@@ -1,7 +1,7 @@
 //! The MVCC key space's tables: the one module that knows how revisions of keys are
-//! laid out in the state database. `mvcc`, `watch` and `lease` read and write keys only
-//! through it, and the operations that work on a whole store (hashes, backups in
-//! etcd's format, defragmentation) use its revision-order API:
+//! laid out. `mvcc`, `watch` and `lease` read and write keys only through it, and the
+//! operations that work on a whole store (hashes, backups in etcd's format,
+//! defragmentation) use its revision-order API:
 //!
 //! - [`for_each_revision`]: every stored revision, in revision order, at the read point
 //!   of the caller's transaction;
@@ -10,7 +10,10 @@
 //! - [`Import`]: a bulk load into an empty store, in one transaction.
 //!
 //! A stored revision is a [`RevisionRow`]: what etcd keeps under one revision in its
-//! `key` bucket.
+//! `key` bucket. Rows live in `kv_revisions`, in revision order (appended, whatever the
+//! key); which rows each key has is in memory ([`super::key_index`]), so a read by key
+//! goes through the index to rows by id, and a write appends a row and records it in
+//! the index ([`write`]).
 
 use std::ops::ControlFlow;
 
@@ -19,11 +22,9 @@ use rusqlite::{
 };
 
 use super::KeyRange;
-use super::{Meta, StorageError};
+use super::key_index::{Live, StoredRev, Undo};
+use super::{Meta, StateTxn, StorageError};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
-
-/// Tables whose content is the key space (replicated; travels in Raft snapshots).
-pub const TABLES: &[&str] = &["kv_live", "kv_history"];
 
 /// One change of one key: a put (a new version) or a delete (a tombstone). Revision
 /// `(main, sub)` is unique: `main` is the store revision the change created, `sub`
@@ -85,9 +86,10 @@ impl RevisionRow {
     }
 }
 
-const HISTORY_COLUMNS: &str = "key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone";
+/// The columns of a [`RevisionRow`], in the order [`revision_row`] reads them.
+const ROW_COLUMNS: &str = "key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone";
 
-fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevisionRow> {
+fn revision_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevisionRow> {
     Ok(RevisionRow {
         key: r.get(0)?,
         main: r.get(1)?,
@@ -100,39 +102,10 @@ fn history_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RevisionRow> {
     })
 }
 
-fn range_params(range: &KeyRange) -> (&'static str, Vec<Value>) {
-    let (cond, keys) = range.sql();
-    (cond, keys.iter().map(|k| Value::Blob(k.to_vec())).collect())
-}
-
-/// Records one change, inside the caller's (write) transaction.
-pub fn write(conn: &Connection, row: &RevisionRow) -> Result<(), StorageError> {
-    if row.tombstone {
-        conn.prepare_cached("DELETE FROM kv_live WHERE key = ?1")?
-            .execute(params![row.key])?;
-    } else {
-        conn.prepare_cached(
-            "INSERT INTO kv_live (key, create_rev, mod_rev, version, value, lease)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (key) DO UPDATE SET create_rev = excluded.create_rev,
-               mod_rev = excluded.mod_rev, version = excluded.version,
-               value = excluded.value, lease = excluded.lease",
-        )?
-        .execute(params![
-            row.key,
-            row.create_revision,
-            row.main,
-            row.version,
-            row.value,
-            row.lease
-        ])?;
-    }
-    insert_history(conn, row)
-}
-
-fn insert_history(conn: &Connection, row: &RevisionRow) -> Result<(), StorageError> {
+/// Appends one change's row, inside the caller's (write) transaction; returns its id.
+fn insert_row(conn: &Connection, row: &RevisionRow) -> Result<i64, StorageError> {
     conn.prepare_cached(&format!(
-        "INSERT INTO kv_history ({HISTORY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        "INSERT INTO kv_revisions ({ROW_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?
     .execute(params![
         row.key,
@@ -144,26 +117,89 @@ fn insert_history(conn: &Connection, row: &RevisionRow) -> Result<(), StorageErr
         row.lease,
         row.tombstone
     ])?;
-    Ok(())
+    Ok(conn.last_insert_rowid())
 }
 
-/// The newest version of `key`, if it is live.
-pub fn live(conn: &Connection, key: &[u8]) -> Result<Option<KeyValue>, StorageError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT create_rev, mod_rev, version, value, lease FROM kv_live WHERE key = ?1",
-    )?;
-    Ok(stmt
-        .query_row(params![key], |r| {
-            Ok(KeyValue {
+/// Records one change in the writer's transaction: its row, and in the index. Returns
+/// how to take the index's part back if the request fails (its row goes with the
+/// request's savepoint).
+pub fn write(txn: &StateTxn<'_>, row: &RevisionRow) -> Result<Undo, StorageError> {
+    let writer = txn
+        .writer_index()
+        .ok_or_else(|| StorageError::Corrupt("a write in a read transaction".into()))?;
+    let id = insert_row(txn, row)?;
+    let live = if row.tombstone {
+        Live::default()
+    } else {
+        Live {
+            create_revision: row.create_revision,
+            version: row.version,
+            lease: row.lease,
+        }
+    };
+    Ok(writer
+        .write()
+        .record(&row.key, StoredRev::new(row.main, id, row.tombstone), live))
+}
+
+/// Reads the row the index says holds revision `rev` of `key`. The id is checked
+/// against the row found; should they ever disagree, the row is looked up by revision.
+fn fetch(
+    conn: &Connection,
+    key: &[u8],
+    rev: StoredRev,
+    values: bool,
+) -> Result<RevisionRow, StorageError> {
+    let value = if values { "value" } else { "x''" };
+    let columns = format!("key, mod_rev, sub_rev, create_rev, version, {value}, lease, tombstone");
+    let by_id = conn
+        .prepare_cached(&format!("SELECT {columns} FROM kv_revisions WHERE id = ?1"))?
+        .query_row(params![rev.id()], revision_row)
+        .optional()?;
+    if let Some(row) = by_id.filter(|r| r.main == rev.main && r.key == key) {
+        return Ok(row);
+    }
+    conn.prepare_cached(&format!(
+        "SELECT {columns} FROM kv_revisions WHERE mod_rev = ?1 AND key = ?2"
+    ))?
+    .query_row(params![rev.main, key], revision_row)
+    .optional()?
+    .ok_or_else(|| {
+        StorageError::Corrupt(format!(
+            "revision {} of key {:?} is indexed but not stored",
+            rev.main,
+            String::from_utf8_lossy(key)
+        ))
+    })
+}
+
+/// The newest version of `key`, if it is live; its value only if `values`.
+pub fn live(
+    txn: &StateTxn<'_>,
+    key: &[u8],
+    values: bool,
+) -> Result<Option<KeyValue>, StorageError> {
+    let found = txn
+        .index()
+        .newest_at(key, txn.visible_through())
+        .filter(|r| !r.tombstone());
+    let Some(rev) = found else {
+        return Ok(None);
+    };
+    if !values && txn.writer_index().is_some() {
+        // The writer's index knows all but the value.
+        if let Some((live, _)) = txn.index().live(key) {
+            return Ok(Some(KeyValue {
                 key: key.to_vec(),
-                create_revision: r.get(0)?,
-                mod_revision: r.get(1)?,
-                version: r.get(2)?,
-                value: r.get(3)?,
-                lease: r.get(4)?,
-            })
-        })
-        .optional()?)
+                create_revision: live.create_revision,
+                mod_revision: rev.main,
+                version: live.version,
+                value: Vec::new(),
+                lease: live.lease,
+            }));
+        }
+    }
+    Ok(Some(fetch(txn, key, rev, values)?.key_value()))
 }
 
 /// Which version of the keys a scan reads.
@@ -173,6 +209,15 @@ pub enum At {
     Current,
     /// The newest at or below this revision (which must not be compacted away).
     Revision(i64),
+}
+
+impl At {
+    fn revision(self, txn: &StateTxn<'_>) -> i64 {
+        match self {
+            At::Current => txn.visible_through(),
+            At::Revision(r) => r.min(txn.visible_through()),
+        }
+    }
 }
 
 /// What a scan reads of each key.
@@ -185,71 +230,48 @@ pub struct Scan {
     pub values: bool,
 }
 
+/// Keys a scan takes from the index at a time: the index's lock is not held while
+/// rows are read, so that the Raft thread never waits on a long read.
+const SCAN_CHUNK: usize = 512;
+
 /// The live keys in `range` as of `scan.at`, in key order, each handed to `visit`
 /// until it breaks.
 pub fn scan(
-    conn: &Connection,
+    txn: &StateTxn<'_>,
     range: &KeyRange,
     scan: Scan,
     mut visit: impl FnMut(KeyValue) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
-    let (cond, mut args) = range_params(range);
-    let value = if scan.values { "value" } else { "x''" };
-    let source = match scan.at {
-        At::Current => format!(
-            "SELECT key, create_rev, mod_rev, version, {value}, lease FROM kv_live WHERE {cond}"
-        ),
-        At::Revision(rev) => {
-            // The newest version of each key at or below the revision; the bare columns
-            // come from the row holding MAX(mod_rev), as SQLite guarantees for a lone
-            // MAX().
-            args.push(Value::Integer(rev));
-            format!(
-                "SELECT key, create_rev, mod_rev, version, value, lease FROM (
-                    SELECT key, create_rev, MAX(mod_rev) AS mod_rev, version, {value} AS value,
-                           lease, tombstone
-                    FROM kv_history WHERE {cond} AND mod_rev <= ? GROUP BY key)
-                 WHERE tombstone = 0"
-            )
+    let at = scan.at.revision(txn);
+    let mut rest = range.clone();
+    loop {
+        let mut chunk: Vec<(Vec<u8>, StoredRev)> = Vec::with_capacity(SCAN_CHUNK);
+        txn.index().visible(&rest, at, scan.descending, |k, rev| {
+            chunk.push((k.to_vec(), rev));
+            chunk.len() < SCAN_CHUNK
+        });
+        let full = chunk.len() == SCAN_CHUNK;
+        for (key, rev) in &chunk {
+            let row = fetch(txn, key, *rev, scan.values)?;
+            if visit(row.key_value()).is_break() {
+                return Ok(());
+            }
         }
-    };
-    let order = if scan.descending { "DESC" } else { "ASC" };
-    let mut stmt = conn.prepare_cached(&format!("{source} ORDER BY key {order}"))?;
-    let mut rows = stmt.query(params_from_iter(args.iter()))?;
-    while let Some(r) = rows.next()? {
-        let kv = KeyValue {
-            key: r.get(0)?,
-            create_revision: r.get(1)?,
-            mod_revision: r.get(2)?,
-            version: r.get(3)?,
-            value: r.get(4)?,
-            lease: r.get(5)?,
-        };
-        if visit(kv).is_break() {
-            break;
+        match chunk.last() {
+            Some((last, _)) if full => rest = rest.past(last, scan.descending),
+            _ => return Ok(()),
         }
     }
-    Ok(())
 }
 
 /// How many keys in `range` are live as of `at`.
-pub fn count(conn: &Connection, range: &KeyRange, at: At) -> Result<i64, StorageError> {
-    let (cond, mut args) = range_params(range);
-    let sql = match at {
-        At::Current => format!("SELECT COUNT(*) FROM kv_live WHERE {cond}"),
-        At::Revision(rev) => {
-            args.push(Value::Integer(rev));
-            format!(
-                "SELECT COUNT(*) FROM (
-                    SELECT MAX(mod_rev), tombstone FROM kv_history
-                    WHERE {cond} AND mod_rev <= ? GROUP BY key)
-                 WHERE tombstone = 0"
-            )
-        }
-    };
-    Ok(conn
-        .prepare_cached(&sql)?
-        .query_row(params_from_iter(args.iter()), |r| r.get(0))?)
+pub fn count(txn: &StateTxn<'_>, range: &KeyRange, at: At) -> Result<i64, StorageError> {
+    Ok(txn.index().count(range, at.revision(txn)) as i64)
+}
+
+/// Keys live now (at the transaction's view).
+pub fn live_keys(txn: &StateTxn<'_>) -> i64 {
+    txn.index().live_keys() as i64
 }
 
 /// Changes of revisions `from..=to` on keys in `range`, in revision order, handed to
@@ -261,17 +283,17 @@ pub fn changes(
     to: i64,
     mut visit: impl FnMut(RevisionRow) -> ControlFlow<()>,
 ) -> Result<(), StorageError> {
-    let (cond, keys) = range_params(range);
+    let (cond, keys) = range.sql();
     let mut args = vec![Value::Integer(from), Value::Integer(to)];
-    args.extend(keys);
+    args.extend(keys.iter().map(|k| Value::Blob(k.to_vec())));
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {HISTORY_COLUMNS} FROM kv_history
+        "SELECT {ROW_COLUMNS} FROM kv_revisions
          WHERE mod_rev >= ?1 AND mod_rev <= ?2 AND {cond}
          ORDER BY mod_rev, sub_rev"
     ))?;
     let mut rows = stmt.query(params_from_iter(args.iter()))?;
     while let Some(r) = rows.next()? {
-        if visit(history_row(r)?).is_break() {
+        if visit(revision_row(r)?).is_break() {
             break;
         }
     }
@@ -280,35 +302,34 @@ pub fn changes(
 
 /// The newest change of `key` before revision `before`, tombstone or not.
 pub fn change_before(
-    conn: &Connection,
+    txn: &StateTxn<'_>,
     key: &[u8],
     before: i64,
 ) -> Result<Option<RevisionRow>, StorageError> {
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM kv_history
-             WHERE key = ?1 AND mod_rev < ?2 ORDER BY mod_rev DESC LIMIT 1"
-        ))?
-        .query_row(params![key, before], history_row)
-        .optional()?)
+    let at = (before - 1).min(txn.visible_through());
+    let found = txn.index().newest_at(key, at);
+    found.map(|rev| fetch(txn, key, rev, true)).transpose()
 }
 
 /// The live keys attached to lease `id`, in key order.
-pub fn lease_keys(conn: &Connection, id: i64) -> Result<Vec<Vec<u8>>, StorageError> {
-    let mut stmt = conn.prepare_cached("SELECT key FROM kv_live WHERE lease = ?1 ORDER BY key")?;
-    let rows = stmt.query_map(params![id], |r| r.get(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn lease_keys(txn: &StateTxn<'_>, id: i64) -> Vec<Vec<u8>> {
+    txn.index().lease_keys(id)
 }
 
 /// Forgets every change at or below `rev` that reads at `rev` or later cannot see: all
-/// but the newest change of each key, and that one too if it is a tombstone.
-pub fn compact(conn: &Connection, rev: i64) -> Result<(), StorageError> {
-    conn.prepare_cached(
-        "DELETE FROM kv_history WHERE mod_rev <= ?1 AND (tombstone = 1 OR mod_rev < (
-            SELECT MAX(h.mod_rev) FROM kv_history h
-            WHERE h.key = kv_history.key AND h.mod_rev <= ?1))",
-    )?
-    .execute(params![rev])?;
+/// but the newest change of each key, and that one too if it is a tombstone. The rows
+/// go now, in the writer's transaction; the index forgets them once no reader may
+/// still need them.
+pub fn compact(txn: &StateTxn<'_>, rev: i64) -> Result<(), StorageError> {
+    let writer = txn
+        .writer_index()
+        .ok_or_else(|| StorageError::Corrupt("a compaction in a read transaction".into()))?;
+    let doomed = writer.read().compactable(rev);
+    let mut delete = txn.prepare_cached("DELETE FROM kv_revisions WHERE id = ?1")?;
+    for id in doomed {
+        delete.execute(params![id])?;
+    }
+    writer.compacted(rev);
     Ok(())
 }
 
@@ -321,12 +342,12 @@ pub fn for_each_revision<E: From<StorageError>>(
 ) -> Result<(), E> {
     let mut stmt = conn
         .prepare_cached(&format!(
-            "SELECT {HISTORY_COLUMNS} FROM kv_history ORDER BY mod_rev, sub_rev"
+            "SELECT {ROW_COLUMNS} FROM kv_revisions ORDER BY id"
         ))
         .map_err(StorageError::from)?;
     let mut rows = stmt.query([]).map_err(StorageError::from)?;
     while let Some(r) = rows.next().map_err(StorageError::from)? {
-        let row = history_row(r).map_err(StorageError::from)?;
+        let row = revision_row(r).map_err(StorageError::from)?;
         if visit(row)?.is_break() {
             break;
         }
@@ -334,9 +355,43 @@ pub fn for_each_revision<E: From<StorageError>>(
     Ok(())
 }
 
+/// Replaces the key space with that of the database attached as `schema` (a Raft
+/// snapshot), inside the caller's transaction. A snapshot from a qetcd that kept the
+/// history in `kv_history` (layout 4 and before) is read from there.
+pub fn install_attached(conn: &Connection, schema: &str) -> Result<(), StorageError> {
+    conn.execute("DELETE FROM main.kv_revisions", [])?;
+    let has = |table: &str| -> Result<bool, StorageError> {
+        Ok(conn.query_row(
+            &format!(
+                "SELECT count(*) > 0 FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?1"
+            ),
+            params![table],
+            |r| r.get(0),
+        )?)
+    };
+    if has("kv_revisions")? {
+        conn.execute(
+            &format!(
+                "INSERT INTO main.kv_revisions (id, {ROW_COLUMNS})
+                 SELECT id, {ROW_COLUMNS} FROM {schema}.kv_revisions"
+            ),
+            [],
+        )?;
+    } else if has("kv_history")? {
+        conn.execute(
+            &format!(
+                "INSERT INTO main.kv_revisions ({ROW_COLUMNS})
+                 SELECT {ROW_COLUMNS} FROM {schema}.kv_history ORDER BY mod_rev, sub_rev"
+            ),
+            [],
+        )?;
+    }
+    Ok(())
+}
+
 /// A bulk load of a key space into an empty store (an etcd backup being restored),
 /// in one transaction: nothing of it is visible, or survives a crash, before
-/// [`Import::commit`].
+/// [`Import::commit`]. The key index is built when the member starts.
 pub struct Import<'c> {
     tx: Transaction<'c>,
     last: Option<(i64, i64)>,
@@ -347,7 +402,7 @@ impl<'c> Import<'c> {
     pub fn begin(conn: &'c mut Connection) -> Result<Self, StorageError> {
         let tx = conn.transaction()?;
         let used: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM kv_history) OR EXISTS (SELECT 1 FROM leases)
+            "SELECT EXISTS (SELECT 1 FROM kv_revisions) OR EXISTS (SELECT 1 FROM leases)
                OR EXISTS (SELECT 1 FROM meta WHERE name = ?1)",
             params![Meta::Revision.name()],
             |r| r.get(0),
@@ -369,7 +424,19 @@ impl<'c> Import<'c> {
             )));
         }
         self.last = Some(rev);
-        write(&self.tx, row)
+        insert_row(&self.tx, row).map(|_| ())
+    }
+
+    /// Compacts what was imported at `rev` (the backup's compaction point), as
+    /// [`compact`] would: rows are in revision order, so a key's newest row at or
+    /// below `rev` is the one with the highest id there.
+    pub fn compact(&mut self, rev: i64) -> Result<(), StorageError> {
+        self.tx.execute(
+            "DELETE FROM kv_revisions WHERE mod_rev <= ?1 AND (tombstone = 1 OR id NOT IN (
+                SELECT MAX(id) FROM kv_revisions WHERE mod_rev <= ?1 GROUP BY key))",
+            params![rev],
+        )?;
+        Ok(())
     }
 
     /// The import's transaction, for rows that must commit with it (the identity and
@@ -400,11 +467,12 @@ mod tests {
     use super::*;
     use crate::mvcc::{Revisions, WriteTxn, range};
     use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+    use crate::storage::TestStore;
 
-    fn store() -> (tempfile::TempDir, Connection) {
+    fn store() -> (tempfile::TempDir, TestStore) {
         let dir = tempfile::tempdir().unwrap();
-        let conn = super::super::open_writer(&dir.path().join("s.db")).unwrap();
-        (dir, conn)
+        let store = TestStore::open(&dir.path().join("s.db"));
+        (dir, store)
     }
 
     fn all_revisions(conn: &Connection) -> Vec<RevisionRow> {
@@ -417,7 +485,7 @@ mod tests {
         out
     }
 
-    fn everything_at(conn: &Connection, revs: Revisions, revision: i64) -> Vec<KeyValue> {
+    fn everything_at(conn: &StateTxn<'_>, revs: Revisions, revision: i64) -> Vec<KeyValue> {
         let req = RangeRequest {
             key: vec![0],
             range_end: vec![0],
@@ -429,7 +497,7 @@ mod tests {
 
     /// A small history: puts, an overwrite, a txn-sized revision with two changes
     /// (a delete range) and a re-created key.
-    fn fill(conn: &Connection) -> Revisions {
+    fn fill(conn: &StateTxn<'_>) -> Revisions {
         let mut revs = Revisions::load(conn).unwrap();
         let put = |revs: &mut Revisions, k: &str, v: &str| {
             let mut w = WriteTxn::new(conn, *revs);
@@ -458,7 +526,8 @@ mod tests {
 
     #[test]
     fn revisions_come_in_revision_order_with_every_field() {
-        let (_d, conn) = store();
+        let (_d, store) = store();
+        let conn = store.txn();
         fill(&conn);
         let rows = all_revisions(&conn);
         let order: Vec<(i64, i64)> = rows.iter().map(|r| (r.main, r.sub)).collect();
@@ -480,15 +549,18 @@ mod tests {
     #[test]
     fn an_import_reproduces_the_store_at_every_revision() {
         let (_d, source) = store();
+        let source = source.txn();
         let revs = fill(&source);
         crate::storage::leases::insert(&source, 9, 30).unwrap();
         let (_d2, mut target) = store();
-        let mut import = Import::begin(&mut target).unwrap();
+        let mut import = Import::begin(&mut target.conn).unwrap();
         for row in all_revisions(&source) {
             import.revision(&row).unwrap();
         }
         import.lease(9, 30).unwrap();
         import.commit(revs.current, revs.compacted).unwrap();
+        let target = TestStore::with(target.conn);
+        let target = target.txn();
 
         assert_eq!(all_revisions(&target), all_revisions(&source));
         let loaded = Revisions::load(&target).unwrap();
@@ -506,13 +578,13 @@ mod tests {
     #[test]
     fn an_import_needs_an_empty_store_and_ordered_revisions() {
         let (_d, mut used) = store();
-        fill(&used);
+        fill(&used.txn());
         assert!(matches!(
-            Import::begin(&mut used),
+            Import::begin(&mut used.conn),
             Err(StorageError::NotEmpty)
         ));
         let (_d2, mut empty) = store();
-        let mut import = Import::begin(&mut empty).unwrap();
+        let mut import = Import::begin(&mut empty.conn).unwrap();
         let row = |main, sub| RevisionRow {
             key: b"k".to_vec(),
             main,
@@ -528,6 +600,6 @@ mod tests {
         ));
         // Dropped without commit: nothing stays.
         drop(import);
-        assert!(all_revisions(&empty).is_empty());
+        assert!(all_revisions(&empty.conn).is_empty());
     }
 }

@@ -22,10 +22,14 @@
 //! (state) database first and the log second. Client reads go through a small pool of
 //! read-only connections to the state database ([`ReaderPool`]), which WAL mode lets run
 //! beside the writer without blocking it.
+//!
+//! Which revisions each key has is not in either file but in memory ([`key_index`]),
+//! built from the state database at start; a [`StateTxn`] pairs a transaction with it.
 
 pub mod alarms;
 mod checkpointer;
 pub mod disk_space;
+pub mod key_index;
 mod key_range;
 pub mod keyspace;
 pub mod leases;
@@ -34,6 +38,7 @@ mod raft_log;
 mod readers;
 mod schema;
 pub mod snapshot;
+mod state_txn;
 
 #[cfg(test)]
 mod conformance;
@@ -41,10 +46,12 @@ mod conformance;
 use std::path::{Path, PathBuf};
 
 pub use checkpointer::Checkpointer;
+pub use key_index::SharedKeyIndex;
 pub use key_range::KeyRange;
 pub use meta::Meta;
 pub use raft_log::{Durability, LogBatch, RaftLog};
 pub use readers::{ReadGuard, ReaderPool};
+pub use state_txn::StateTxn;
 
 /// Failure of the persistence layer. Any of these stops the member: Raft must not
 /// continue on a log it could not write.
@@ -228,4 +235,31 @@ pub fn defragment(state_db: &Path) -> Result<(), StorageError> {
         );
     }
     Ok(())
+}
+
+/// A state database with its key index, for unit tests that write keys directly.
+#[cfg(test)]
+pub struct TestStore {
+    pub conn: rusqlite::Connection,
+    pub keys: SharedKeyIndex,
+    writer: key_index::WriterIndex,
+}
+
+#[cfg(test)]
+impl TestStore {
+    pub fn open(path: &Path) -> Self {
+        Self::with(open_writer(path).unwrap())
+    }
+
+    /// The store on `conn`, its index loaded from it.
+    pub fn with(conn: rusqlite::Connection) -> Self {
+        let keys = SharedKeyIndex::load(&conn).unwrap();
+        let writer = keys.writer();
+        TestStore { conn, keys, writer }
+    }
+
+    /// The writer's transaction view (the caller runs any SQL transaction).
+    pub fn txn(&self) -> StateTxn<'_> {
+        StateTxn::writer(&self.conn, &self.writer)
+    }
 }

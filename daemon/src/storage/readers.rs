@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-use super::StorageError;
+use super::{Meta, SharedKeyIndex, StateTxn, StorageError};
 
 /// Most idle connections kept for reuse; more may be open during bursts.
 const MAX_IDLE: usize = 16;
@@ -22,14 +22,16 @@ pub struct ReaderPool {
 
 struct Inner {
     path: PathBuf,
+    keys: SharedKeyIndex,
     idle: Mutex<Vec<Connection>>,
 }
 
 impl ReaderPool {
-    pub fn new(path: PathBuf) -> Self {
+    pub fn new(path: PathBuf, keys: SharedKeyIndex) -> Self {
         ReaderPool {
             inner: Arc::new(Inner {
                 path,
+                keys,
                 idle: Mutex::new(Vec::new()),
             }),
         }
@@ -62,14 +64,21 @@ pub struct ReadGuard {
 
 impl ReadGuard {
     /// Runs `f` inside one read transaction, so that everything it reads comes from the
-    /// same committed state.
+    /// same committed state, with the key index as of that state.
     pub fn read<T>(
         &mut self,
-        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+        f: impl FnOnce(&StateTxn<'_>) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let conn = self.conn.as_mut().expect("connection present until drop");
         let tx = conn.transaction()?;
-        let out = f(&tx)?;
+        // The first read takes the transaction's snapshot; its revision bounds what
+        // this read may see in the index.
+        let (pin, revision) = self
+            .pool
+            .keys
+            .pin(|| Ok(Meta::Revision.get_i64(&tx)?.unwrap_or(1)))?;
+        let out = f(&StateTxn::reader(&tx, &pin, revision))?;
+        drop(pin);
         tx.finish()?;
         Ok(out)
     }

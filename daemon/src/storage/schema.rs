@@ -7,34 +7,21 @@ use rusqlite::Connection;
 use super::StorageError;
 
 /// Bumped when the layout changes; a database with another version is refused.
-/// Version 2 kept the log in the state database and the history keyed by key; it is
-/// migrated (see [`migrate_v2`]). Version 3 had no auth store; migrating it only adds
-/// the (empty) auth tables, which the statements below create.
-pub const SCHEMA_VERSION: i64 = 4;
-
-/// The columns of `kv_history` (after its opening parenthesis), shared by the schema
-/// and the migration that re-keys a version-2 table.
-const HISTORY_COLUMNS: &str = "
-            key        BLOB    NOT NULL,
-            mod_rev    INTEGER NOT NULL,
-            sub_rev    INTEGER NOT NULL,
-            create_rev INTEGER NOT NULL,
-            version    INTEGER NOT NULL,
-            value      BLOB    NOT NULL,
-            lease      INTEGER NOT NULL,
-            tombstone  INTEGER NOT NULL,
-            PRIMARY KEY (mod_rev, sub_rev)
-        ) WITHOUT ROWID;";
+/// Version 2 kept the log in the state database; version 3 had no auth store; version
+/// 4 kept the live keys in `kv_live` and the history in `kv_history` (WITHOUT ROWID,
+/// which spills every row over ~1 KB to a page of its own). Each is migrated (see
+/// [`migrate`]).
+pub const SCHEMA_VERSION: i64 = 5;
 
 pub fn create(conn: &Connection) -> Result<(), StorageError> {
     let version: i64 = conn.pragma_query_value(Some("main"), "user_version", |r| r.get(0))?;
-    if version != 0 && version != 2 && version != 3 && version != SCHEMA_VERSION {
+    if version != 0 && !(2..=SCHEMA_VERSION).contains(&version) {
         return Err(StorageError::UnknownSchema {
             found: version,
             understood: SCHEMA_VERSION,
         });
     }
-    conn.execute_batch(&format!(
+    conn.execute_batch(
         "
         -- Raft log: one row per entry, the entry in raft's protobuf encoding.
         CREATE TABLE IF NOT EXISTS log.raft_log (
@@ -52,34 +39,32 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
             name  TEXT PRIMARY KEY,
             value BLOB NOT NULL
         ) WITHOUT ROWID;
-        -- The latest version of every live key: what reads at the current revision see.
-        -- WITHOUT ROWID here and in kv_history: rows live in their primary-key B-tree,
-        -- so a write updates one tree instead of a rowid table plus a key index. On a
-        -- CPU-bound member that is a large share of the cost of a put.
-        CREATE TABLE IF NOT EXISTS main.kv_live (
-            key        BLOB PRIMARY KEY,
-            create_rev INTEGER NOT NULL,
+        -- Every revision of every key not yet compacted away, deletions as tombstones,
+        -- in revision order: rows are appended whatever their key, so a write dirties
+        -- the pages at the table's end only. Which rows each key has is kept in memory
+        -- (storage::key_index), built from this table at start. A rowid table: its
+        -- leaves hold rows of up to ~4 KB, where a WITHOUT ROWID table spills rows
+        -- over ~1 KB to an overflow page each.
+        CREATE TABLE IF NOT EXISTS main.kv_revisions (
+            id         INTEGER PRIMARY KEY,
+            key        BLOB    NOT NULL,
             mod_rev    INTEGER NOT NULL,
+            sub_rev    INTEGER NOT NULL,
+            create_rev INTEGER NOT NULL,
             version    INTEGER NOT NULL,
             value      BLOB    NOT NULL,
-            lease      INTEGER NOT NULL
-        ) WITHOUT ROWID;
-        -- Every revision of every key not yet compacted away, deletions as tombstones.
-        -- Serves reads at past revisions and watch history. Keyed by revision, so a
-        -- write appends at the right edge of the tree whatever its key: keyed by key,
-        -- random keys split pages all over a tree of full-size rows, and a put's cost
-        -- grew with the key space. The by-key index holds small rows only.
-        CREATE TABLE IF NOT EXISTS main.kv_history ({HISTORY_COLUMNS}
-        CREATE INDEX IF NOT EXISTS main.kv_history_by_key ON kv_history (key, mod_rev);
+            lease      INTEGER NOT NULL,
+            tombstone  INTEGER NOT NULL
+        );
+        -- Revision ranges (watch history); appended to like the table.
+        CREATE UNIQUE INDEX IF NOT EXISTS main.kv_revisions_by_rev
+            ON kv_revisions (mod_rev, sub_rev);
         -- Granted leases, with the TTL they were granted (seconds). Keys name their
-        -- lease in kv_live.lease; deadlines are not stored (see lease::Lessor).
+        -- lease in their rows; deadlines are not stored (see lease::Lessor).
         CREATE TABLE IF NOT EXISTS main.leases (
             id  INTEGER PRIMARY KEY,
             ttl INTEGER NOT NULL
         );
-        -- The keys of each lease, for revoke and TimeToLive. Partial: keys without a
-        -- lease (most of them) cost a put nothing here.
-        CREATE INDEX IF NOT EXISTS main.kv_live_by_lease ON kv_live (lease) WHERE lease != 0;
         -- Request IDs applied recently, so that a request proposed twice (a retry after
         -- its first proposal may have been lost) takes effect once. Two generations,
         -- chosen by log index, instead of one table with an index on the log index to
@@ -126,41 +111,39 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
             record BLOB NOT NULL
         ) WITHOUT ROWID;
         ",
-    ))?;
-    if version == 2 {
-        migrate_v2(conn)?;
-    }
-    if version == 2 || version == 3 {
-        tracing::info!("added the auth store's tables (layout version {version} -> 4)");
+    )?;
+    if version != 0 && version < SCHEMA_VERSION {
+        migrate(conn, version)?;
     }
     conn.pragma_update(Some("main"), "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
 
-/// Brings a version-2 state database to version 3: moves its log into the log database
-/// and re-keys its history by revision. Each step is safe to repeat if interrupted:
-/// rows are copied with replacement, and the old tables are dropped only after the
-/// copies committed.
-fn migrate_v2(conn: &Connection) -> Result<(), StorageError> {
-    let exists = |kind: &str, name: &str| -> Result<bool, StorageError> {
+/// Brings an older state database to this layout. Each step is safe to repeat if
+/// interrupted: rows are copied with replacement or into a table emptied first, and
+/// old tables are dropped in the transaction that copied them.
+fn migrate(conn: &Connection, version: i64) -> Result<(), StorageError> {
+    let exists = |name: &str| -> Result<bool, StorageError> {
         Ok(conn.query_row(
-            "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = ?1 AND name = ?2",
-            rusqlite::params![kind, name],
+            "SELECT count(*) > 0 FROM main.sqlite_master WHERE type = 'table' AND name = ?1",
+            rusqlite::params![name],
             |r| r.get(0),
         )?)
     };
-    if exists("table", "raft_log")? {
+    if exists("raft_log")? {
         move_log_out(conn)?;
     }
-    // Only the by-key history had this index.
-    if exists("index", "kv_history_by_rev")? {
-        rekey_history(conn)?;
+    if version <= 3 {
+        tracing::info!("added the auth store's tables (layout version {version})");
+    }
+    if exists("kv_history")? {
+        move_history(conn)?;
     }
     Ok(())
 }
 
 fn move_log_out(conn: &Connection) -> Result<(), StorageError> {
-    tracing::info!("moving the raft log out of the state database (layout version 2 -> 3)");
+    tracing::info!("moving the raft log out of the state database (layout version 2)");
     conn.execute_batch(
         "BEGIN;
          INSERT OR REPLACE INTO log.raft_log SELECT * FROM main.raft_log;
@@ -177,19 +160,22 @@ fn move_log_out(conn: &Connection) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn rekey_history(conn: &Connection) -> Result<(), StorageError> {
-    tracing::info!("re-keying the key history by revision (layout version 2 -> 3)");
-    conn.execute_batch(&format!(
+/// Copies the history, keyed by key (version 2) or by revision (3 and 4), into
+/// `kv_revisions` in revision order, and drops it and `kv_live`, whose content the key
+/// index now holds.
+fn move_history(conn: &Connection) -> Result<(), StorageError> {
+    tracing::info!("moving the key history to kv_revisions (layout version 5)");
+    conn.execute_batch(
         "BEGIN;
-         CREATE TABLE main.kv_history_v3 ({HISTORY_COLUMNS}
-         INSERT INTO main.kv_history_v3
+         DELETE FROM main.kv_revisions;
+         INSERT INTO main.kv_revisions
+             (key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone)
            SELECT key, mod_rev, sub_rev, create_rev, version, value, lease, tombstone
-           FROM main.kv_history;
+           FROM main.kv_history ORDER BY mod_rev, sub_rev;
          DROP TABLE main.kv_history;
-         ALTER TABLE main.kv_history_v3 RENAME TO kv_history;
-         CREATE INDEX main.kv_history_by_key ON kv_history (key, mod_rev);
-         COMMIT;"
-    ))?;
+         DROP TABLE IF EXISTS main.kv_live;
+         COMMIT;",
+    )?;
     Ok(())
 }
 
@@ -247,7 +233,7 @@ mod tests {
             .unwrap();
         assert_eq!(state_meta, 1, "only the applied index stays with the state");
         let history: (Vec<u8>, i64) = conn
-            .query_row("SELECT key, mod_rev FROM kv_history", [], |r| {
+            .query_row("SELECT key, mod_rev FROM kv_revisions", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
             .unwrap();
@@ -255,7 +241,7 @@ mod tests {
         let old_tables: i64 = conn
             .query_row(
                 "SELECT count(*) FROM main.sqlite_master
-                 WHERE name IN ('raft_log', 'kv_history_by_rev', 'kv_history_v3')",
+                 WHERE name IN ('raft_log', 'kv_history', 'kv_history_by_rev', 'kv_live')",
                 [],
                 |r| r.get(0),
             )

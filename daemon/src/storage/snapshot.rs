@@ -171,10 +171,8 @@ pub fn attached_applied_index(conn: &Connection) -> Result<u64, StorageError> {
 /// Replaces the replicated state with that of the snapshot attached as `snap`, inside
 /// the caller's transaction.
 pub fn install_attached(conn: &Connection) -> Result<(), StorageError> {
-    for table in super::keyspace::TABLES
-        .iter()
-        .chain(OTHER_REPLICATED_TABLES)
-    {
+    super::keyspace::install_attached(conn, "snap")?;
+    for table in OTHER_REPLICATED_TABLES {
         conn.execute(&format!("DELETE FROM main.{table}"), [])?;
         // A snapshot made by a qetcd from before the table existed has none of it.
         let in_snapshot: bool = conn.query_row(

@@ -589,8 +589,10 @@ async fn answer_members_query(inner: &Arc<Inner>, send: quinn::SendStream) {
     let Some(readers) = inner.membership.get().cloned() else {
         return;
     };
-    let listed =
-        tokio::task::spawn_blocking(move || readers.get()?.read(crate::membership::list)).await;
+    let listed = tokio::task::spawn_blocking(move || {
+        readers.get()?.read(|txn| crate::membership::list(txn))
+    })
+    .await;
     match listed {
         Ok(Ok(members)) => {
             let cluster = members_query::RemoteCluster::new(inner.cluster_id, &members);

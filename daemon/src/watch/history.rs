@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use crate::error::RequestError;
 use crate::mvcc::KeyRange;
 use crate::proto::mvccpb::{Event, KeyValue};
-use crate::storage::keyspace;
+use crate::storage::{StateTxn, keyspace};
 
 /// Events of revisions `from..=to` on keys in `range`, in revision order: whole
 /// revisions, until about `byte_budget` bytes of keys and values are read. Returns the
@@ -44,7 +44,7 @@ pub fn revision_of(e: &Event) -> i64 {
 
 /// The version of `key` an event at `revision` replaced, if the key existed then.
 pub fn previous(
-    conn: &Connection,
+    conn: &StateTxn<'_>,
     key: &[u8],
     revision: i64,
 ) -> Result<Option<KeyValue>, RequestError> {
