@@ -84,7 +84,7 @@ fn a_damaged_follower_is_refused_at_start_and_raises_corrupt_periodically() {
     sqlite3(&db, "PRAGMA wal_checkpoint(TRUNCATE);");
     let changed = sqlite3(
         &db,
-        "UPDATE kv_history SET value = CAST('tampered' AS BLOB) \
+        "UPDATE kv_revisions SET value = CAST('tampered' AS BLOB) \
          WHERE key = CAST('key07' AS BLOB); SELECT changes();",
     );
     assert_eq!(changed.trim(), "1", "one stored revision changed");

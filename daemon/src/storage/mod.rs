@@ -42,6 +42,8 @@ mod state_txn;
 
 #[cfg(test)]
 mod conformance;
+#[cfg(test)]
+mod keyspace_conformance;
 
 use std::path::{Path, PathBuf};
 
