@@ -111,14 +111,36 @@ measure() { # label round op clients keys space
     local qt et qp ep
     qt=$(field "${out[qetcd]}" throughput); et=$(field "${out[etcd]}" throughput)
     qp=$(field "${out[qetcd]}" p99_ms); ep=$(field "${out[etcd]}" p99_ms)
+    if ((clients == 1)); then
+        printf '%-28s %5s   p50: qetcd %.2f ms, etcd %.2f ms, one fsync round %.2f ms\n' \
+            "$label" "$round" "$(field "${out[qetcd]}" p50_ms)" "$(field "${out[etcd]}" p50_ms)" "$fsync_ms"
+    fi
     printf '%-28s %5s %10.0f %10.0f %6.2f %8.2fms %8.2fms %6.2f %7.0fus %7.0fus %6.2f\n' \
         "$label" "$round" "$qt" "$et" "$(python3 -c "print($qt/$et)")" "$qp" "$ep" \
         "$(python3 -c "print($qp/$ep)")" "${cpu[qetcd]}" "${cpu[etcd]}" \
         "$(python3 -c "print(${cpu[qetcd]}/${cpu[etcd]})")"
 }
 
+# One durable write round on this disk, the floor of a single client's put: the median
+# of 200 appends of 4 KiB, each followed by fdatasync, in the clusters' directory.
+fsync_ms=$(python3 - "$work" <<'PY'
+import os, statistics, sys, time
+path = os.path.join(sys.argv[1], "fsync-probe")
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+times = []
+for _ in range(200):
+    t = time.perf_counter()
+    os.write(fd, b"x" * 4096)
+    os.fdatasync(fd)
+    times.append((time.perf_counter() - t) * 1000)
+os.close(fd)
+os.unlink(path)
+print(f"{statistics.median(times):.3f}")
+PY
+)
 start_cluster qetcd
 start_cluster etcd
+echo "one durable write round (4 KiB append + fdatasync, median of 200): $fsync_ms ms"
 echo "members: $members, rounds: $rounds, requests per run: $total (c=1: $((total / 10))), $(date -u +%FT%TZ)"
 printf '%-28s %5s %10s %10s %6s %10s %10s %6s %9s %9s %6s\n' scenario round "qetcd/s" "etcd/s" ratio \
     "qetcd p99" "etcd p99" ratio "qetcd CPU" "etcd CPU" ratio
