@@ -51,7 +51,7 @@ member_cmd() { # impl i: starts member i of impl in the background
 }
 
 wait_healthy() { # endpoints
-    local deadline=$((SECONDS + 120))
+    local deadline=$((SECONDS + 300))
     until ETCDCTL_API=3 etcdctl --endpoints "$1" endpoint health >/dev/null 2>&1; do
         ((SECONDS < deadline)) || { echo "$1 did not become healthy" >&2; exit 1; }
         sleep 0.05
@@ -69,7 +69,8 @@ start_cluster() { # impl
 }
 
 # Restart-to-ready: member 1 killed with -9 and started again on its data; seconds
-# until it answers a health check (which needs a leader and its own applied state).
+# until it answers a health check (which needs a leader and its own applied state), in
+# $restart_secs. Not run in a subshell: the new process's pid must reach ${pids[..]}.
 restart_time() { # impl
     local impl=$1 net first rest t0
     net=$(net_of "$impl")
@@ -79,7 +80,7 @@ restart_time() { # impl
     member_cmd "$impl" 1
     pids[$impl]="$! $rest"
     wait_healthy "http://$net.1:2379"
-    python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')"
+    restart_secs=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')")
 }
 
 endpoints() { local net i out=""; net=$(net_of "$1"); for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
@@ -161,7 +162,8 @@ for space in $spaces; do
     done
 done
 for impl in qetcd etcd; do
-    echo "$impl: restart to ready after kill -9 with $loaded keys: $(restart_time "$impl") s"
+    restart_time "$impl"
+    echo "$impl: restart to ready after kill -9 with $loaded keys: $restart_secs s"
 done
 for impl in qetcd etcd; do
     for p in ${pids[$impl]}; do

@@ -764,6 +764,7 @@ impl Node {
             let mut batch = log.batch(Durability::Deferred)?;
             self.apply(&mut batch, &defrag.deferred)?;
             batch.commit()?;
+            self.machine.committed();
             self.after_apply();
             self.reads.applied(self.machine.applied_index());
             self.raw.advance_apply_to(self.machine.applied_index());
@@ -907,6 +908,7 @@ impl Node {
         }
         let started = Instant::now();
         batch.commit()?;
+        self.machine.committed();
         let took = started.elapsed().as_secs_f64();
         if must_sync {
             self.metrics.wal_fsync.observe(took);
