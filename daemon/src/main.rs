@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use qetcd::config::{Config, Parsed};
 
+/// mimalloc rather than glibc's malloc: a member allocates per request and per Raft
+/// message on several threads, and glibc's allocator took ~9% of a loaded member's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))

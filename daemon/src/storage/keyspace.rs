@@ -179,16 +179,13 @@ pub fn live(
     key: &[u8],
     values: bool,
 ) -> Result<Option<KeyValue>, StorageError> {
-    let found = txn
-        .index()
-        .newest_at(key, txn.visible_through())
-        .filter(|r| !r.tombstone());
-    let Some(rev) = found else {
-        return Ok(None);
-    };
-    if !values && txn.writer_index().is_some() {
-        // The writer's index knows all but the value.
-        if let Some((live, _)) = txn.index().live(key) {
+    let found = if txn.writer_index().is_some() {
+        // The writer sees every revision, and its index knows all of the newest
+        // version but the value: one lookup, and no read unless the value is wanted.
+        let Some((live, rev)) = txn.index().live(key) else {
+            return Ok(None);
+        };
+        if !values {
             return Ok(Some(KeyValue {
                 key: key.to_vec(),
                 create_revision: live.create_revision,
@@ -198,8 +195,18 @@ pub fn live(
                 lease: live.lease,
             }));
         }
-    }
-    Ok(Some(fetch(txn, key, rev, values)?.key_value()))
+        rev
+    } else {
+        let visible = txn
+            .index()
+            .newest_at(key, txn.visible_through())
+            .filter(|r| !r.tombstone());
+        let Some(rev) = visible else {
+            return Ok(None);
+        };
+        rev
+    };
+    Ok(Some(fetch(txn, key, found, values)?.key_value()))
 }
 
 /// Which version of the keys a scan reads.
