@@ -583,6 +583,35 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_from_a_layout_4_member_installs_in_revision_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.db");
+        Connection::open(&old)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE kv_history (key BLOB NOT NULL, mod_rev INTEGER NOT NULL,
+                     sub_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
+                     version INTEGER NOT NULL, value BLOB NOT NULL, lease INTEGER NOT NULL,
+                     tombstone INTEGER NOT NULL, PRIMARY KEY (mod_rev, sub_rev)) WITHOUT ROWID;
+                 INSERT INTO kv_history VALUES (x'62', 3, 0, 3, 1, x'31', 0, 0);
+                 INSERT INTO kv_history VALUES (x'61', 2, 0, 2, 1, x'31', 0, 0);",
+            )
+            .unwrap();
+        let (_d, store) = store();
+        fill(&store.txn());
+        store
+            .conn
+            .execute("ATTACH DATABASE ?1 AS snap", params![old.to_string_lossy()])
+            .unwrap();
+        install_attached(&store.conn, "snap").unwrap();
+        let rows: Vec<(Vec<u8>, i64)> = all_revisions(&store.conn)
+            .into_iter()
+            .map(|r| (r.key, r.main))
+            .collect();
+        assert_eq!(rows, [(b"a".to_vec(), 2), (b"b".to_vec(), 3)]);
+    }
+
+    #[test]
     fn an_import_needs_an_empty_store_and_ordered_revisions() {
         let (_d, mut used) = store();
         fill(&used.txn());

@@ -204,6 +204,74 @@ mod tests {
         .unwrap();
     }
 
+    /// A state database as version 4 wrote it: live keys in kv_live, the history keyed
+    /// by revision in a WITHOUT ROWID table, with its by-key index.
+    fn write_v4(path: &std::path::Path) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE meta (name TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE kv_live (key BLOB PRIMARY KEY, create_rev INTEGER NOT NULL,
+                 mod_rev INTEGER NOT NULL, version INTEGER NOT NULL, value BLOB NOT NULL,
+                 lease INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE kv_history (key BLOB NOT NULL, mod_rev INTEGER NOT NULL,
+                 sub_rev INTEGER NOT NULL, create_rev INTEGER NOT NULL,
+                 version INTEGER NOT NULL, value BLOB NOT NULL, lease INTEGER NOT NULL,
+                 tombstone INTEGER NOT NULL, PRIMARY KEY (mod_rev, sub_rev)) WITHOUT ROWID;
+             CREATE INDEX kv_history_by_key ON kv_history (key, mod_rev);
+             CREATE INDEX kv_live_by_lease ON kv_live (lease) WHERE lease != 0;
+             -- Inserted out of order: the copy must follow revisions, not insertion.
+             INSERT INTO kv_history VALUES (x'62', 4, 0, 3, 2, x'7632', 9, 0);
+             INSERT INTO kv_history VALUES (x'61', 2, 0, 2, 1, x'7631', 0, 0);
+             INSERT INTO kv_history VALUES (x'62', 3, 0, 3, 1, x'7631', 0, 0);
+             INSERT INTO kv_history VALUES (x'61', 5, 0, 0, 0, x'', 0, 1);
+             INSERT INTO kv_live VALUES (x'62', 3, 4, 2, x'7632', 9);
+             PRAGMA user_version = 4;",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_version_4_database_keeps_every_revision_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        write_v4(&path);
+        let conn = crate::storage::open_writer(&path).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(Some("main"), "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let rows: Vec<(i64, i64, Vec<u8>)> = conn
+            .prepare("SELECT id, mod_rev, key FROM kv_revisions ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let revisions: Vec<i64> = rows.iter().map(|r| r.1).collect();
+        assert_eq!(revisions, [2, 3, 4, 5]);
+        let old: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM main.sqlite_master
+                 WHERE name IN ('kv_live', 'kv_history', 'kv_history_by_key', 'kv_live_by_lease')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old, 0);
+        // The key index built from the copy knows what kv_live knew.
+        let index = crate::storage::key_index::KeyIndex::load(&conn).unwrap();
+        let (live, rev) = index.live(b"b").unwrap();
+        assert_eq!(
+            (live.create_revision, live.version, live.lease, rev.main),
+            (3, 2, 9, 4)
+        );
+        assert!(index.live(b"a").is_none());
+        assert_eq!(index.lease_keys(9), [b"b".to_vec()]);
+        drop(conn);
+        crate::storage::open_writer(&path).unwrap();
+    }
+
     #[test]
     fn a_version_2_database_is_migrated_with_its_data() {
         let dir = tempfile::tempdir().unwrap();
