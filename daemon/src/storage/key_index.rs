@@ -323,9 +323,10 @@ impl KeyIndex {
         }
     }
 
-    /// Rows that a compaction at `at` makes unreachable: every stored revision at or
-    /// below it except each key's newest there, and that one too if it is a tombstone.
-    pub fn compactable(&self, at: i64) -> Vec<i64> {
+    /// Rows that a compaction at `at` makes unreachable, as (id, main revision): every
+    /// stored revision at or below it except each key's newest there, and that one too
+    /// if it is a tombstone.
+    pub fn compactable(&self, at: i64) -> Vec<(i64, i64)> {
         let mut ids = Vec::new();
         for e in self.keys.values() {
             let n = e.revs.partition_point(|r| r.main <= at);
@@ -334,7 +335,7 @@ impl KeyIndex {
             }
             let keep_newest = !e.revs[n - 1].tombstone();
             let doomed = if keep_newest { n - 1 } else { n };
-            ids.extend(e.revs[..doomed].iter().map(|r| r.id()));
+            ids.extend(e.revs[..doomed].iter().map(|r| (r.id(), r.main)));
         }
         ids
     }
@@ -586,7 +587,7 @@ mod tests {
         ix.record(b"a", rev(6, false), live(2, 3, 0));
         let mut doomed = ix.compactable(5);
         doomed.sort();
-        assert_eq!(doomed, [20, 40, 50]);
+        assert_eq!(doomed, [(20, 2), (40, 4), (50, 5)]);
         ix.prune(5);
         assert!(!ix.keys.contains_key(&b"b"[..]));
         let revs: Vec<i64> = ix.keys[&b"a"[..]].revs.iter().map(|r| r.main).collect();

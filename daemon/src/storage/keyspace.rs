@@ -307,7 +307,10 @@ pub fn changes(
     Ok(())
 }
 
-/// The newest change of `key` before revision `before`, tombstone or not.
+/// The newest change of `key` before revision `before`, tombstone or not. A tombstone
+/// is given as the index knows it (key, main revision), not read: a compaction may
+/// already have removed its row while the index keeps it for readers that started
+/// earlier.
 pub fn change_before(
     txn: &StateTxn<'_>,
     key: &[u8],
@@ -315,12 +318,26 @@ pub fn change_before(
 ) -> Result<Option<RevisionRow>, StorageError> {
     let at = (before - 1).min(txn.visible_through());
     let found = txn.index().newest_at(key, at);
-    found.map(|rev| fetch(txn, key, rev, true)).transpose()
+    match found {
+        None => Ok(None),
+        Some(rev) if rev.tombstone() => Ok(Some(RevisionRow {
+            key: key.to_vec(),
+            main: rev.main,
+            tombstone: true,
+            ..Default::default()
+        })),
+        Some(rev) => fetch(txn, key, rev, true).map(Some),
+    }
 }
 
-/// The live keys attached to lease `id`, in key order.
+/// The live keys attached to lease `id`, in key order: for a reader, those whose
+/// attaching version is within its snapshot.
 pub fn lease_keys(txn: &StateTxn<'_>, id: i64) -> Vec<Vec<u8>> {
-    txn.index().lease_keys(id)
+    let index = txn.index();
+    let through = txn.visible_through();
+    let mut keys = index.lease_keys(id);
+    keys.retain(|k| index.live(k).is_some_and(|(_, rev)| rev.main <= through));
+    keys
 }
 
 /// Forgets every change at or below `rev` that reads at `rev` or later cannot see: all
@@ -332,9 +349,13 @@ pub fn compact(txn: &StateTxn<'_>, rev: i64) -> Result<(), StorageError> {
         .writer_index()
         .ok_or_else(|| StorageError::Corrupt("a compaction in a read transaction".into()))?;
     let doomed = writer.read().compactable(rev);
-    let mut delete = txn.prepare_cached("DELETE FROM kv_revisions WHERE id = ?1")?;
-    for id in doomed {
-        delete.execute(params![id])?;
+    // The revision as well as the id: the index still names rows an earlier compaction
+    // deleted (it forgets them after their grace period), and SQLite may have given
+    // such a row's id to a new row since.
+    let mut delete =
+        txn.prepare_cached("DELETE FROM kv_revisions WHERE id = ?1 AND mod_rev = ?2")?;
+    for (id, main) in doomed {
+        delete.execute(params![id, main])?;
     }
     writer.compacted(rev);
     Ok(())
