@@ -24,6 +24,17 @@ use rusqlite::Connection;
 
 use super::{KeyRange, StorageError};
 
+/// How a walk over the index ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Walk {
+    /// The range is exhausted.
+    Done,
+    /// The visitor asked to stop.
+    Stopped,
+    /// The budget ran out at this key (looked at): the walk goes on past it.
+    Paused(Vec<u8>),
+}
+
 /// One stored revision of a key: its main revision and the row that holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoredRev {
@@ -196,48 +207,47 @@ impl KeyIndex {
 
     /// The keys in `range` live at revision `at`, with the revision a read at `at`
     /// returns, in key order (reversed if `descending`), each handed to `visit` until
-    /// it returns false.
+    /// it returns false. Looks at no more than `budget` keys (live or not), so that a
+    /// caller holding the index's lock can let the writer in between walks.
     pub fn visible(
         &self,
         range: &KeyRange,
         at: i64,
         descending: bool,
+        budget: usize,
         mut visit: impl FnMut(&[u8], StoredRev) -> bool,
-    ) {
+    ) -> Walk {
         if *range == KeyRange::Empty {
-            return;
+            return Walk::Done;
         }
-        let entries = self
-            .keys
-            .range::<[u8], _>(bounds(range))
-            .map(|(k, e)| (k.as_ref(), e));
-        let mut step = |(k, e): (&[u8], &KeyEntry)| match e.visible_at(at) {
-            Some(rev) => visit(k, rev),
-            None => true,
-        };
-        if descending {
-            for item in entries.rev() {
-                if !step(item) {
-                    return;
-                }
-            }
+        let entries = self.keys.range::<[u8], _>(bounds(range));
+        let entries: Box<dyn Iterator<Item = (&Box<[u8]>, &KeyEntry)>> = if descending {
+            Box::new(entries.rev())
         } else {
-            for item in entries {
-                if !step(item) {
-                    return;
-                }
+            Box::new(entries)
+        };
+        for (seen, (k, e)) in entries.enumerate() {
+            if let Some(rev) = e.visible_at(at)
+                && !visit(k, rev)
+            {
+                return Walk::Stopped;
+            }
+            if seen + 1 == budget {
+                return Walk::Paused(k.to_vec());
             }
         }
+        Walk::Done
     }
 
-    /// How many keys in `range` are live at revision `at`.
-    pub fn count(&self, range: &KeyRange, at: i64) -> usize {
+    /// How many keys in `range` are live at revision `at`, looking at no more than
+    /// `budget` keys (see [`Self::visible`]).
+    pub fn count(&self, range: &KeyRange, at: i64, budget: usize) -> (usize, Walk) {
         let mut n = 0;
-        self.visible(range, at, false, |_, _| {
+        let walk = self.visible(range, at, false, budget, |_, _| {
             n += 1;
             true
         });
-        n
+        (n, walk)
     }
 
     /// Keys live now.
@@ -562,7 +572,7 @@ mod tests {
         let all = KeyRange::From(vec![]);
         let at = |r| {
             let mut out = Vec::new();
-            ix.visible(&all, r, false, |k, rev| {
+            ix.visible(&all, r, false, usize::MAX, |k, rev| {
                 out.push((k.to_vec(), rev.main));
                 true
             });
@@ -571,7 +581,9 @@ mod tests {
         assert_eq!(at(2), [(b"a".to_vec(), 2)]);
         assert_eq!(at(4), [(b"a".to_vec(), 4), (b"b".to_vec(), 3)]);
         assert_eq!(at(5), [(b"b".to_vec(), 3)]);
-        assert_eq!(ix.count(&all, 4), 2);
+        assert_eq!(ix.count(&all, 4, usize::MAX), (2, Walk::Done));
+        // A budget of one key pauses after the first.
+        assert_eq!(ix.count(&all, 4, 1), (1, Walk::Paused(b"a".to_vec())));
         assert_eq!(ix.live_keys(), 1);
         assert!(ix.live(b"a").is_none());
         assert_eq!(ix.newest_at(b"a", 9).map(|r| r.main), Some(5));

@@ -22,7 +22,7 @@ use rusqlite::{
 };
 
 use super::KeyRange;
-use super::key_index::{Live, StoredRev, Undo};
+use super::key_index::{Live, StoredRev, Undo, Walk};
 use super::{Meta, StateTxn, StorageError};
 use crate::proto::mvccpb::{Event, KeyValue, event::EventType};
 
@@ -237,9 +237,11 @@ pub struct Scan {
     pub values: bool,
 }
 
-/// Keys a scan takes from the index at a time: the index's lock is not held while
-/// rows are read, so that the Raft thread never waits on a long read.
+/// Keys a scan takes from the index at a time, and index entries a scan or a count
+/// looks at per hold of the index's read lock: the lock is never held while rows are
+/// read, nor for long, so the Raft thread never waits long to record a write.
 const SCAN_CHUNK: usize = 512;
+const WALK_BUDGET: usize = 4096;
 
 /// The live keys in `range` as of `scan.at`, in key order, each handed to `visit`
 /// until it breaks.
@@ -253,27 +255,42 @@ pub fn scan(
     let mut rest = range.clone();
     loop {
         let mut chunk: Vec<(Vec<u8>, StoredRev)> = Vec::with_capacity(SCAN_CHUNK);
-        txn.index().visible(&rest, at, scan.descending, |k, rev| {
-            chunk.push((k.to_vec(), rev));
-            chunk.len() < SCAN_CHUNK
-        });
-        let full = chunk.len() == SCAN_CHUNK;
+        let walk = txn
+            .index()
+            .visible(&rest, at, scan.descending, WALK_BUDGET, |k, rev| {
+                chunk.push((k.to_vec(), rev));
+                chunk.len() < SCAN_CHUNK
+            });
         for (key, rev) in &chunk {
             let row = fetch(txn, key, *rev, scan.values)?;
             if visit(row.key_value()).is_break() {
                 return Ok(());
             }
         }
-        match chunk.last() {
-            Some((last, _)) if full => rest = rest.past(last, scan.descending),
-            _ => return Ok(()),
-        }
+        rest = match walk {
+            Walk::Done => return Ok(()),
+            Walk::Stopped => match chunk.last() {
+                Some((last, _)) => rest.past(last, scan.descending),
+                None => return Ok(()),
+            },
+            Walk::Paused(last) => rest.past(&last, scan.descending),
+        };
     }
 }
 
 /// How many keys in `range` are live as of `at`.
 pub fn count(txn: &StateTxn<'_>, range: &KeyRange, at: At) -> Result<i64, StorageError> {
-    Ok(txn.index().count(range, at.revision(txn)) as i64)
+    let at = at.revision(txn);
+    let mut rest = range.clone();
+    let mut total = 0;
+    loop {
+        let (n, walk) = txn.index().count(&rest, at, WALK_BUDGET);
+        total += n as i64;
+        match walk {
+            Walk::Paused(last) => rest = rest.past(&last, false),
+            Walk::Done | Walk::Stopped => return Ok(total),
+        }
+    }
 }
 
 /// Keys live now (at the transaction's view).

@@ -2,8 +2,8 @@
 //!
 //! A broadcast of bounded capacity: publishing never waits for a watcher. A watcher
 //! that falls behind loses batches (the receiver reports how many) and reads what it
-//! missed from `kv_history` instead, so a slow watcher costs storage reads, never
-//! memory without bound and never a stalled write.
+//! missed from the stored revisions instead, so a slow watcher costs storage reads,
+//! never memory without bound and never a stalled write.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

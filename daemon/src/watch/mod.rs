@@ -1,7 +1,7 @@
 //! Watches: etcd's change notifications, on the committed key space.
 //!
 //! - [`feed`]: the Raft thread publishes each committed batch's events here.
-//! - [`history`]: catch-up reads from `kv_history`, for watches that start in the past
+//! - [`history`]: catch-up reads from the stored revisions, for watches that start in the past
 //!   and for watchers that fell behind the feed.
 //! - [`watcher`]: one watch's range, filters and position.
 //!
