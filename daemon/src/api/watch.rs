@@ -3,8 +3,8 @@
 //! Each stream is one task. It receives committed batches from the node's event feed
 //! and requests from the client, and writes responses to a bounded channel. When the
 //! client reads slowly, the task waits on that channel, the feed moves on without it,
-//! and the watchers catch up from the stored revisions afterwards: memory stays bounded and
-//! writers never wait for a watcher.
+//! and the watchers catch up from the stored revisions afterwards: memory stays bounded
+//! and writers never wait for a watcher.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

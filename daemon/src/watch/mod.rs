@@ -1,8 +1,8 @@
 //! Watches: etcd's change notifications, on the committed key space.
 //!
 //! - [`feed`]: the Raft thread publishes each committed batch's events here.
-//! - [`history`]: catch-up reads from the stored revisions, for watches that start in the past
-//!   and for watchers that fell behind the feed.
+//! - [`history`]: catch-up reads from the stored revisions, for watches that start in
+//!   the past and for watchers that fell behind the feed.
 //! - [`watcher`]: one watch's range, filters and position.
 //!
 //! The gRPC stream that multiplexes watchers lives in `api::watch`. The guarantees —
