@@ -142,35 +142,32 @@ pub fn write(txn: &StateTxn<'_>, row: &RevisionRow) -> Result<Undo, StorageError
         .record(&row.key, StoredRev::new(row.main, id, row.tombstone), live))
 }
 
-/// Reads the row the index says holds revision `rev` of `key`. The id is checked
-/// against the row found; should they ever disagree, the row is looked up by revision.
+/// Reads the row the index says holds revision `rev` of `key`, checking that it is
+/// that revision of that key. The index only names rows within the reader's snapshot
+/// (compacted rows stay named until every reader that may see them is done), so a
+/// missing or different row is damage.
 fn fetch(
     conn: &Connection,
     key: &[u8],
     rev: StoredRev,
     values: bool,
 ) -> Result<RevisionRow, StorageError> {
-    let value = if values { "value" } else { "x''" };
-    let columns = format!("key, mod_rev, sub_rev, create_rev, version, {value}, lease, tombstone");
-    let by_id = conn
-        .prepare_cached(&format!("SELECT {columns} FROM kv_revisions WHERE id = ?1"))?
+    // Two fixed statements, so the per-row lookup never builds SQL.
+    const WITH_VALUE: &str = "SELECT key, mod_rev, sub_rev, create_rev, version, value, \
+        lease, tombstone FROM kv_revisions WHERE id = ?1";
+    const WITHOUT_VALUE: &str = "SELECT key, mod_rev, sub_rev, create_rev, version, x'', \
+        lease, tombstone FROM kv_revisions WHERE id = ?1";
+    conn.prepare_cached(if values { WITH_VALUE } else { WITHOUT_VALUE })?
         .query_row(params![rev.id()], revision_row)
-        .optional()?;
-    if let Some(row) = by_id.filter(|r| r.main == rev.main && r.key == key) {
-        return Ok(row);
-    }
-    conn.prepare_cached(&format!(
-        "SELECT {columns} FROM kv_revisions WHERE mod_rev = ?1 AND key = ?2"
-    ))?
-    .query_row(params![rev.main, key], revision_row)
-    .optional()?
-    .ok_or_else(|| {
-        StorageError::Corrupt(format!(
-            "revision {} of key {:?} is indexed but not stored",
-            rev.main,
-            String::from_utf8_lossy(key)
-        ))
-    })
+        .optional()?
+        .filter(|r| r.main == rev.main && r.key == key)
+        .ok_or_else(|| {
+            StorageError::Corrupt(format!(
+                "revision {} of key {:?} is indexed but not stored",
+                rev.main,
+                String::from_utf8_lossy(key)
+            ))
+        })
 }
 
 /// The newest version of `key`, if it is live; its value only if `values`.
@@ -647,6 +644,32 @@ mod tests {
             .map(|r| (r.key, r.main))
             .collect();
         assert_eq!(rows, [(b"a".to_vec(), 2), (b"b".to_vec(), 3)]);
+    }
+
+    #[test]
+    fn a_row_the_index_names_but_the_table_lacks_is_reported_as_damage() {
+        let (_d, store) = store();
+        let txn = store.txn();
+        let revs = fill(&txn);
+        txn.execute(
+            "DELETE FROM kv_revisions WHERE key = x'62' AND mod_rev = 6",
+            [],
+        )
+        .unwrap();
+        let err = range(&txn, &everything_req(), revs).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("revision 6 of key \"b\" is indexed but not stored"),
+            "{err}"
+        );
+    }
+
+    fn everything_req() -> RangeRequest {
+        RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        }
     }
 
     #[test]
