@@ -20,7 +20,8 @@
 #
 # Members listen on 127.0.90.x (qetcd) and 127.0.91.x (etcd); data lives in a temporary
 # directory that is removed at the end. Set SCENARIOS to run a subset, e.g.
-# SCENARIOS="put:64 put:256".
+# SCENARIOS="put:64 put:256", and QETCD_BIN to measure another qetcd binary (a copy
+# of an earlier build, say) than target/release/qetcd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 members=${1:-3}
@@ -37,7 +38,7 @@ cleanup() { kill -9 ${pids[@]} 2>/dev/null || true; wait 2>/dev/null || true; rm
 trap cleanup EXIT
 
 net_of() { [[ $1 == qetcd ]] && echo 127.0.90 || echo 127.0.91; }
-bin_of() { [[ $1 == qetcd ]] && echo target/release/qetcd || echo /usr/bin/etcd; }
+bin_of() { [[ $1 == qetcd ]] && echo "${QETCD_BIN:-target/release/qetcd}" || echo /usr/bin/etcd; }
 
 member_cmd() { # impl i: starts member i of impl in the background
     local impl=$1 i=$2 net bin cluster="" j

@@ -883,39 +883,45 @@ impl Node {
             self.wait_for_defrag()?;
             self.install_snapshot(rd.snapshot())?;
         }
-        let log = self.log.clone();
         // As etcd's MustSync: new entries, or a new term or vote, must be on disk before
         // Raft acts on them; a commit index alone can be recovered and needs no fsync.
-        let previous = log.hard_state();
+        let previous = self.log.hard_state();
         let must_sync = !rd.entries().is_empty()
             || rd
                 .hs()
                 .is_some_and(|hs| hs.term != previous.term || hs.vote != previous.vote);
-        let durability = if must_sync {
-            Durability::Sync
-        } else {
-            Durability::Deferred
-        };
-        let mut batch = log.batch(durability)?;
-        batch.append(rd.entries())?;
-        if let Some(hs) = rd.hs() {
-            batch.set_hard_state(hs)?;
+        // Committed entries are already in this member's log (raft-rs hands out only
+        // entries both committed and persisted), so applying them does not depend on
+        // this Ready's log write, and each goes first where someone waits on it: a
+        // follower's acknowledgements (persisted messages) wait on its log write, the
+        // leader's clients on the apply. The leader's clients so no longer wait for
+        // the fsync of newer entries that happened to share their Ready.
+        let mut committed = Some(rd.take_committed_entries());
+        let mut commit = None;
+        if !must_sync {
+            // A new commit index alone rides along with the apply.
+            commit = rd.hs().map(|hs| hs.commit);
         }
-        let committed = rd.take_committed_entries();
-        match &mut self.defrag {
-            Some(d) => d.deferred.extend(committed),
-            None => self.apply(&mut batch, &committed)?,
+        let acknowledge_first = !rd.persisted_messages().is_empty();
+        if !acknowledge_first {
+            self.apply_committed(committed.take().unwrap_or_default(), commit.take())?;
         }
-        let started = Instant::now();
-        batch.commit()?;
-        self.machine.committed();
-        let took = started.elapsed().as_secs_f64();
         if must_sync {
-            self.metrics.wal_fsync.observe(took);
-        } else {
-            self.metrics.backend_commit.observe(took);
+            let started = Instant::now();
+            let mut batch = self.log.batch(Durability::Sync)?;
+            batch.append(rd.entries())?;
+            if let Some(hs) = rd.hs() {
+                batch.set_hard_state(hs)?;
+            }
+            batch.commit()?;
+            self.metrics
+                .wal_fsync
+                .observe(started.elapsed().as_secs_f64());
         }
-        self.after_apply();
+        self.outbox.send(rd.take_persisted_messages());
+        if let Some(committed) = committed {
+            self.apply_committed(committed, commit)?;
+        }
 
         for rs in rd.take_read_states() {
             if let Some(ctx) = self.own_read_context(&rs.request_ctx) {
@@ -923,7 +929,6 @@ impl Node {
             }
         }
         self.reads.applied(self.machine.applied_index());
-        self.outbox.send(rd.take_persisted_messages());
         if let Some(ss) = rd.ss() {
             self.on_soft_state(ss.leader_id, ss.raft_state);
         }
@@ -933,29 +938,11 @@ impl Node {
         let mut light = self.raw.advance_append(rd);
         self.outbox.send(light.take_messages());
         let committed = light.take_committed_entries();
-        let commit = light.commit_index();
         // A new commit index alone is not written down: it is recovered from the
         // leader after a restart (and `RaftLog::open` raises it to the applied index),
         // so it rides along with the next write instead of costing a commit here.
         if !committed.is_empty() {
-            // Entries committed by this round were made durable above; applying them
-            // needs no fsync of its own (see Durability::Deferred).
-            let mut batch = log.batch(Durability::Deferred)?;
-            if let Some(c) = commit {
-                batch.set_commit(c)?;
-            }
-            match &mut self.defrag {
-                Some(d) => d.deferred.extend(committed),
-                None => self.apply(&mut batch, &committed)?,
-            }
-            let started = Instant::now();
-            batch.commit()?;
-            self.machine.committed();
-            self.metrics
-                .backend_commit
-                .observe(started.elapsed().as_secs_f64());
-            self.after_apply();
-            self.reads.applied(self.machine.applied_index());
+            self.apply_committed(committed, light.commit_index())?;
         }
         // Only what was applied: entries deferred by a defragmentation are not yet.
         self.raw.advance_apply_to(self.machine.applied_index());
@@ -963,6 +950,36 @@ impl Node {
         if std::mem::take(&mut self.repropose_after_leader_change) {
             self.repropose(Instant::now(), true);
         }
+        Ok(())
+    }
+
+    /// Applies entries already durable in the log, in a transaction of their own that
+    /// needs no fsync (see `Durability::Deferred`), and then answers their callers.
+    fn apply_committed(
+        &mut self,
+        committed: Vec<Entry>,
+        commit: Option<u64>,
+    ) -> Result<(), StorageError> {
+        if committed.is_empty() && commit.is_none() {
+            return Ok(());
+        }
+        let log = self.log.clone();
+        let mut batch = log.batch(Durability::Deferred)?;
+        if let Some(c) = commit {
+            batch.set_commit(c)?;
+        }
+        match &mut self.defrag {
+            Some(d) => d.deferred.extend(committed),
+            None => self.apply(&mut batch, &committed)?,
+        }
+        let started = Instant::now();
+        batch.commit()?;
+        self.machine.committed();
+        self.metrics
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
+        self.after_apply();
+        self.reads.applied(self.machine.applied_index());
         Ok(())
     }
 
