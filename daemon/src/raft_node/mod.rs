@@ -31,6 +31,13 @@ use crate::watch::EventFeed;
 pub use waiters::{ProposalReply, ReadReply};
 use waiters::{Proposals, Reads};
 
+/// Log entries deleted per apply batch while the log is cut. One cut removes
+/// `snapshot_count` entries (10,000 by default, ~3 MB at 256-byte values): one DELETE
+/// of them took SQLite 9–13 ms, a stall of the Raft thread, and so of every request in
+/// flight, once per cut (every second or two under load). 1,024 take ~1 ms, and the
+/// cut still ends long before the next is due (a batch applies far fewer entries).
+const COMPACTION_STEP: u64 = 1024;
+
 /// Tunables of the Raft node, from the member's configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -455,6 +462,9 @@ struct Node {
     reads: Reads,
     /// Applied index at the last log compaction.
     compacted_at: u64,
+    /// The first index the log is being cut to, a step per apply (see
+    /// [`COMPACTION_STEP`]); 0 when no cut is pending.
+    compact_to: u64,
     /// The last revision watchers were told about.
     published_revision: i64,
     completions: Vec<Completion>,
@@ -551,6 +561,7 @@ impl Node {
             .store(machine.revisions().current as u64, Ordering::Release);
         Ok(Node {
             compacted_at: applied,
+            compact_to: 0,
             published_revision: machine.revisions().current,
             cfg,
             raw,
@@ -1030,6 +1041,7 @@ impl Node {
             "installed snapshot from leader"
         );
         self.compacted_at = meta.index;
+        self.compact_to = 0;
         self.membership_changed = true;
         self.after_apply();
         Ok(())
@@ -1074,33 +1086,37 @@ impl Node {
     }
 
     /// Every `snapshot_count` applied entries, drop log entries that are both applied
-    /// and older than the catch-up window.
+    /// and older than the catch-up window: [`COMPACTION_STEP`] entries per apply
+    /// batch until the log starts at the chosen index.
     fn maybe_compact_log(
         &mut self,
         batch: &mut crate::storage::LogBatch<'_>,
     ) -> Result<(), StorageError> {
         let applied = self.machine.applied_index();
-        if applied < self.compacted_at + self.cfg.snapshot_count {
-            return Ok(());
+        if applied >= self.compacted_at + self.cfg.snapshot_count {
+            // Entries the state database may still lose in a machine crash (applied,
+            // but not yet checkpointed) must stay in the log to be applied again.
+            let durable = self
+                .checkpointer
+                .as_ref()
+                .map_or(applied, |c| c.durable_applied());
+            let keep_from = applied
+                .saturating_sub(self.cfg.snapshot_catchup_entries)
+                .min(durable + 1);
+            if durable < applied
+                && let Some(c) = &self.checkpointer
+            {
+                c.nudge();
+            }
+            self.compacted_at = applied;
+            if keep_from > self.compact_to.max(1) {
+                tracing::info!(applied, compact_index = keep_from, "compacting raft log");
+                self.compact_to = keep_from;
+            }
         }
-        // Entries the state database may still lose in a machine crash (applied, but
-        // not yet checkpointed) must stay in the log to be applied again.
-        let durable = self
-            .checkpointer
-            .as_ref()
-            .map_or(applied, |c| c.durable_applied());
-        let keep_from = applied
-            .saturating_sub(self.cfg.snapshot_catchup_entries)
-            .min(durable + 1);
-        if durable < applied
-            && let Some(c) = &self.checkpointer
-        {
-            c.nudge();
-        }
-        self.compacted_at = applied;
-        if keep_from > 1 {
-            tracing::info!(applied, compact_index = keep_from, "compacting raft log");
-            batch.compact(keep_from)?;
+        let first = batch.first_index();
+        if self.compact_to > first {
+            batch.compact(self.compact_to.min(first + COMPACTION_STEP))?;
         }
         Ok(())
     }

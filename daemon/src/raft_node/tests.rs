@@ -99,6 +99,20 @@ async fn proposals_apply_in_order_and_survive_restart() {
     thread.join().unwrap().unwrap();
 }
 
+/// The log's truncated index and the state's applied index, read as another process
+/// would.
+fn log_marks(path: &std::path::Path) -> (u64, u64) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(
+        "ATTACH DATABASE ?1 AS log",
+        rusqlite::params![storage::log_db_path(path).to_string_lossy()],
+    )
+    .unwrap();
+    let truncated = Meta::TruncatedIndex.get_u64(&conn).unwrap().unwrap_or(0);
+    let applied = Meta::AppliedIndex.get_u64(&conn).unwrap().unwrap_or(0);
+    (truncated, applied)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_is_compacted_every_snapshot_count_entries() {
     let dir = tempfile::tempdir().unwrap();
@@ -114,17 +128,7 @@ async fn log_is_compacted_every_snapshot_count_entries() {
     // database, which it does on its own schedule: on a busy machine the first cuts
     // lag. Write in rounds of snapshot-count entries until a cut lands within the
     // window, with a deadline.
-    let read_marks = || {
-        let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute(
-            "ATTACH DATABASE ?1 AS log",
-            rusqlite::params![storage::log_db_path(&path).to_string_lossy()],
-        )
-        .unwrap();
-        let truncated = Meta::TruncatedIndex.get_u64(&conn).unwrap().unwrap_or(0);
-        let applied = Meta::AppliedIndex.get_u64(&conn).unwrap().unwrap_or(0);
-        (truncated, applied)
-    };
+    let read_marks = || log_marks(&path);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut written = 0;
     loop {
@@ -153,6 +157,55 @@ async fn log_is_compacted_every_snapshot_count_entries() {
         "log truncated at {truncated} with applied {applied}: expected about snapshot-count \
          entries ago, keeping the catch-up window"
     );
+    let oldest: i64 = conn
+        .query_row("SELECT MIN(idx) FROM raft_log", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(oldest as u64, truncated + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_cut_is_made_a_step_per_batch_and_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = bootstrapped(dir.path());
+    let count = 3 * COMPACTION_STEP;
+    let (node, thread) = start(
+        node_config(count),
+        storage::open_writer(&path).unwrap(),
+        Box::new(NoPeers),
+        AppliedState::default(),
+    )
+    .unwrap();
+    // One put at a time: each is applied in a batch or two of its own, so the log's
+    // start moves by at most two steps between puts, and the cut goes on while they do.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut written = 0u64;
+    let mut last = 0;
+    let mut moves = 0;
+    while last < 2 * COMPACTION_STEP {
+        revision_of(&node, &format!("k{written}")).await;
+        written += 1;
+        if written < count {
+            continue;
+        }
+        let (truncated, _) = log_marks(&path);
+        assert!(
+            truncated <= last + 2 * COMPACTION_STEP,
+            "the log's start jumped from {last} to {truncated} in one put"
+        );
+        if truncated > last {
+            moves += 1;
+            last = truncated;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "log truncated at {last} after {written} puts"
+        );
+    }
+    assert!(moves >= 2, "the log was cut to {last} in {moves} step(s)");
+    node.stop();
+    thread.join().unwrap().unwrap();
+    let conn = storage::open_writer(&path).unwrap();
+    let truncated = Meta::TruncatedIndex.get_u64(&conn).unwrap().unwrap_or(0);
     let oldest: i64 = conn
         .query_row("SELECT MIN(idx) FROM raft_log", [], |r| r.get(0))
         .unwrap();

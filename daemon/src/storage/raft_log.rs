@@ -49,11 +49,11 @@ struct Bounds {
 /// Opens the log database on its own (see `RaftLog::log_only`); every commit on it is
 /// fsynced, as batches holding entries must be.
 fn open_log_only(state_db: &std::path::Path) -> Result<Connection, StorageError> {
-    let conn = Connection::open(super::log_db_path(state_db))?;
+    let mut conn = Connection::open(super::log_db_path(state_db))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    super::wait_for_locks(&mut conn, std::time::Duration::from_secs(5))?;
     Ok(conn)
 }
 
@@ -349,6 +349,11 @@ impl LogBatch<'_> {
         Meta::HardState.set_blob(&self.tx, &bytes)?;
         self.hard_state = Some(hs.clone());
         Ok(())
+    }
+
+    /// The first index still in the log, as this batch leaves it so far.
+    pub fn first_index(&self) -> u64 {
+        self.bounds.truncated_index + 1
     }
 
     /// Records a new commit index without touching term or vote.
