@@ -170,7 +170,7 @@ fn check_intact(conn: &rusqlite::Connection, state_db: &Path) -> Result<(), Stor
 }
 
 fn open_writer_unchecked(path: &Path) -> Result<rusqlite::Connection, StorageError> {
-    let conn = rusqlite::Connection::open(path)?;
+    let mut conn = rusqlite::Connection::open(path)?;
     conn.execute(
         "ATTACH DATABASE ?1 AS log",
         rusqlite::params![log_db_path(path).to_string_lossy()],
@@ -183,7 +183,7 @@ fn open_writer_unchecked(path: &Path) -> Result<rusqlite::Connection, StorageErr
     }
     conn.pragma_update(Some("main"), "synchronous", "NORMAL")?;
     conn.pragma_update(Some("log"), "synchronous", "FULL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    wait_for_locks(&mut conn, std::time::Duration::from_secs(5))?;
     // Checkpoints run on their own thread (see Checkpointer), not inside commits.
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     // Pages of the state are read through a memory map rather than read() into
@@ -196,6 +196,35 @@ fn open_writer_unchecked(path: &Path) -> Result<rusqlite::Connection, StorageErr
     conn.pragma_update(Some("main"), "mmap_size", MMAP_BYTES)?;
     Ok(conn)
 }
+
+/// Makes `conn` wait for a lock another connection holds (the checkpointer's, while it
+/// starts a WAL over) in steps of [`LOCK_POLL`], for up to `budget`, then fail busy.
+///
+/// SQLite's own busy timeout sleeps in growing steps (1, 2, 5, 10 … 100 ms), so a wait
+/// ends up to that step after the lock's release: one on a lock held 3 ms took 8, one
+/// held 60 ms took 78. A trace of a loaded member's sleeps found the Raft thread there,
+/// and with it every request in flight, for up to 120 ms at a time while the
+/// checkpointer started a WAL over (see `checkpointer`).
+pub(crate) fn wait_for_locks(
+    conn: &mut rusqlite::Connection,
+    budget: std::time::Duration,
+) -> Result<(), StorageError> {
+    let mut since = std::time::Instant::now();
+    conn.busy_handler(Some(move |attempt: i32| {
+        if attempt == 0 {
+            since = std::time::Instant::now();
+        }
+        if since.elapsed() >= budget {
+            return false;
+        }
+        std::thread::sleep(LOCK_POLL);
+        true
+    }))?;
+    Ok(())
+}
+
+/// How often a connection waiting for a lock tries again (see [`wait_for_locks`]).
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_micros(100);
 
 /// SQLite page cache of the writing connection, KiB.
 const STATE_CACHE_KIB: i64 = 8 * 1024;
