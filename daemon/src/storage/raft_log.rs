@@ -237,7 +237,7 @@ impl RaftLog {
         self.raft_state.borrow().conf_state.clone()
     }
 
-    /// Starts the one transaction of a `Ready`.
+    /// Starts a transaction of a `Ready`: its new entries, or what it applies.
     pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
         if self.synchronous.get() != durability && !self.state_locked.get() {
             let (state, log) = match durability {
