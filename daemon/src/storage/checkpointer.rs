@@ -28,8 +28,8 @@ use super::{Meta, StorageError};
 /// it fsynced, then the database files. The Raft log's fsyncs queue behind those
 /// bursts, and an acknowledged write waits. Three members, one client: put p99
 /// 2.8–4.9 ms with a checkpoint every 500 ms, 2.0–3.3 ms every 2 s, 1.7–2.7 ms every
-/// 5 s, 1.8–2.1 ms with none (p50 the same, 1.2–1.6 ms). But a loaded cluster (64
-/// clients) did 10–18 % fewer puts/s at 5 s than at 500 ms, and as many or more at
+/// 5 s, 1.8–2.3 ms with none (p50 the same, 1.2–1.6 ms). But a loaded cluster (64
+/// clients) did 9–18 % fewer puts/s at 5 s than at 500 ms, and as many or more at
 /// 2 s (larger WALs cost every page lookup). Between checkpoints the WALs grow by this
 /// interval's commits; [`WAL_RESTART_BYTES`] bounds them once one runs, and the log's
 /// compaction wakes the thread early when it waits on a checkpoint.
