@@ -176,12 +176,13 @@ async fn a_long_log_cut_is_made_a_step_per_batch_and_completes() {
     )
     .unwrap();
     // One put at a time: each is applied in a batch or two of its own, so the log's
-    // start moves by at most two steps between puts, and the cut goes on while they do.
+    // start moves by at most two steps between puts; to pass two steps it must have
+    // moved more than once, the cut going on while the puts do.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let mut written = 0u64;
     let mut last = 0;
     let mut moves = 0;
-    while last < 2 * COMPACTION_STEP {
+    while last <= 2 * COMPACTION_STEP {
         revision_of(&node, &format!("k{written}")).await;
         written += 1;
         if written < count {
