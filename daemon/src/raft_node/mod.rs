@@ -776,10 +776,12 @@ impl Node {
             self.apply(&mut batch, &defrag.deferred)?;
             batch.commit()?;
             self.machine.committed();
-            self.after_apply();
             self.reads.applied(self.machine.applied_index());
             self.raw.advance_apply_to(self.machine.applied_index());
         }
+        // Also when nothing was deferred: the status then shows the smaller database
+        // at once, not after the next write (a Ready applies nothing on an idle member).
+        self.after_apply();
         for w in defrag.waiters {
             let _ = w.send(
                 result
