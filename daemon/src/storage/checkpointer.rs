@@ -95,12 +95,13 @@ fn open(state_db: &std::path::Path) -> Result<rusqlite::Connection, StorageError
 /// restarting checkpoint follows the passive one: the writer then starts the WAL over
 /// from its beginning. It holds the writer (the Raft thread, and so every request)
 /// while it copies and syncs the frames written since and waits for running reads to
-/// finish: measured under load (three members, 64 clients), 14–101 ms even when the
-/// passive pass had copied every frame (not yet broken down; its fsyncs on a busy disk
-/// are the likely part). That stall comes once per 64 MiB of WAL, and is the largest
-/// known one left in a loaded member's put latency. Not TRUNCATE: a WAL file cut to
-/// zero grows again block by block, and every fsync of a growing file also commits
-/// the file system's journal (measured: half the put throughput).
+/// finish. Under load (three members, 64 clients) a trace found the Raft thread
+/// waiting on it 10–44 ms at a time: this thread's fsyncs took 10–50 ms each on the
+/// disk the members' log fsyncs kept busy, and syncing the WAL ahead of the restart
+/// did not shorten it (tried). That stall comes once per 64 MiB of WAL, and is the
+/// largest known one left in a loaded member's put latency. Not TRUNCATE: a WAL file
+/// cut to zero grows again block by block, and every fsync of a growing file also
+/// commits the file system's journal (measured: half the put throughput).
 fn checkpoint(
     conn: &rusqlite::Connection,
     schema: &str,
