@@ -11,7 +11,8 @@
 # random keys under one prefix values as etcdctl 3.4 defines them, and
 # reports the throughput reached, the slowest request and the latency spread (its own
 # pass/fail verdict is against that target). Members listen on 127.0.95.x (qetcd) and
-# 127.0.96.x (etcd); data lives in a temporary directory removed at the end.
+# 127.0.96.x (etcd); data lives in a temporary directory removed at the end. Set
+# QETCD_BIN to measure another qetcd binary than target/release/qetcd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 members=${1:-3}
@@ -25,7 +26,7 @@ cleanup() { kill -9 "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; 
 trap cleanup EXIT
 
 net_of() { [[ $1 == qetcd ]] && echo 127.0.95 || echo 127.0.96; }
-bin_of() { [[ $1 == qetcd ]] && echo target/release/qetcd || echo /usr/bin/etcd; }
+bin_of() { [[ $1 == qetcd ]] && echo "${QETCD_BIN:-target/release/qetcd}" || echo /usr/bin/etcd; }
 endpoints() { local net i out=""; net=$(net_of "$1"); for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
 
 start_cluster() { # impl
