@@ -1089,36 +1089,41 @@ impl Node {
 
     /// Every `snapshot_count` applied entries, drop log entries that are both applied
     /// and older than the catch-up window: [`COMPACTION_STEP`] entries per apply
-    /// batch until the log starts at the chosen index.
+    /// batch until the log starts at the chosen index, and never past what the state
+    /// database holds durably.
     fn maybe_compact_log(
         &mut self,
         batch: &mut crate::storage::LogBatch<'_>,
     ) -> Result<(), StorageError> {
         let applied = self.machine.applied_index();
+        // Entries the state database may still lose in a machine crash (applied, but
+        // not yet checkpointed) must stay in the log to be applied again.
+        let durable = self
+            .checkpointer
+            .as_ref()
+            .map_or(applied, |c| c.durable_applied());
         if applied >= self.compacted_at + self.cfg.snapshot_count {
-            // Entries the state database may still lose in a machine crash (applied,
-            // but not yet checkpointed) must stay in the log to be applied again.
-            let durable = self
-                .checkpointer
-                .as_ref()
-                .map_or(applied, |c| c.durable_applied());
-            let keep_from = applied
-                .saturating_sub(self.cfg.snapshot_catchup_entries)
-                .min(durable + 1);
-            if durable < applied
-                && let Some(c) = &self.checkpointer
-            {
-                c.nudge();
-            }
             self.compacted_at = applied;
+            let keep_from = applied.saturating_sub(self.cfg.snapshot_catchup_entries);
             if keep_from > self.compact_to.max(1) {
                 tracing::info!(applied, compact_index = keep_from, "compacting raft log");
                 self.compact_to = keep_from;
+                // A cut that waits on the checkpointer goes on as soon as it has run
+                // (it runs every 2 s), not a whole snapshot-count of entries later.
+                if durable < keep_from
+                    && let Some(c) = &self.checkpointer
+                {
+                    c.nudge();
+                }
             }
         }
         let first = batch.first_index();
-        if self.compact_to > first {
-            batch.compact(self.compact_to.min(first + COMPACTION_STEP))?;
+        let to = self
+            .compact_to
+            .min(first + COMPACTION_STEP)
+            .min(durable + 1);
+        if to > first {
+            batch.compact(to)?;
         }
         Ok(())
     }
