@@ -29,22 +29,16 @@ net_of() { [[ $1 == qetcd ]] && echo 127.0.95 || echo 127.0.96; }
 bin_of() { [[ $1 == qetcd ]] && echo "${QETCD_BIN:-target/release/qetcd}" || echo /usr/bin/etcd; }
 endpoints() { local net i out=""; net=$(net_of "$1"); for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
 
+# shellcheck source=tests/bench/members.sh
+source tests/bench/members.sh
+
 start_cluster() { # impl
-    local impl=$1 net bin cluster="" i deadline=$((SECONDS + 120))
-    net=$(net_of "$impl"); bin=$(bin_of "$impl")
-    for ((i = 1; i <= members; i++)); do cluster+="m$i=http://$net.$i:2380,"; done
+    local impl=$1 i
     for ((i = 1; i <= members; i++)); do
-        "$bin" --name "m$i" --data-dir "$work/$net-$i" \
-            --listen-client-urls "http://$net.$i:2379" --advertise-client-urls "http://$net.$i:2379" \
-            --listen-peer-urls "http://$net.$i:2380" --initial-advertise-peer-urls "http://$net.$i:2380" \
-            --initial-cluster "${cluster%,}" --initial-cluster-token check-perf \
-            --quota-backend-bytes 8589934592 >>"$work/$net-$i.log" 2>&1 &
+        start_member "$(bin_of "$impl")" "$(net_of "$impl")" "$i" "$members" check-perf "$work"
         pids+=($!)
     done
-    until ETCDCTL_API=3 etcdctl --endpoints "$(endpoints "$impl")" endpoint health >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "$impl did not become healthy" >&2; exit 1; }
-        sleep 0.1
-    done
+    wait_healthy "$(endpoints "$impl")" 120
 }
 
 start_cluster qetcd

@@ -40,23 +40,11 @@ trap cleanup EXIT
 net_of() { [[ $1 == qetcd ]] && echo 127.0.90 || echo 127.0.91; }
 bin_of() { [[ $1 == qetcd ]] && echo "${QETCD_BIN:-target/release/qetcd}" || echo /usr/bin/etcd; }
 
-member_cmd() { # impl i: starts member i of impl in the background
-    local impl=$1 i=$2 net bin cluster="" j
-    net=$(net_of "$impl"); bin=$(bin_of "$impl")
-    for ((j = 1; j <= members; j++)); do cluster+="m$j=http://$net.$j:2380,"; done
-    "$bin" --name "m$i" --data-dir "$work/$net-$i" \
-        --listen-client-urls "http://$net.$i:2379" --advertise-client-urls "http://$net.$i:2379" \
-        --listen-peer-urls "http://$net.$i:2380" --initial-advertise-peer-urls "http://$net.$i:2380" \
-        --initial-cluster "${cluster%,}" --initial-cluster-token bench \
-        --quota-backend-bytes 8589934592 >>"$work/$net-$i.log" 2>&1 &
-}
+# shellcheck source=tests/bench/members.sh
+source tests/bench/members.sh
 
-wait_healthy() { # endpoints
-    local deadline=$((SECONDS + 300))
-    until ETCDCTL_API=3 etcdctl --endpoints "$1" endpoint health >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "$1 did not become healthy" >&2; exit 1; }
-        sleep 0.05
-    done
+member_cmd() { # impl i: starts member i of impl in the background
+    start_member "$(bin_of "$1")" "$(net_of "$1")" "$2" "$members" bench "$work"
 }
 
 start_cluster() { # impl
@@ -66,7 +54,7 @@ start_cluster() { # impl
         p+="$! "
     done
     pids[$impl]=$p
-    wait_healthy "$(endpoints "$impl")"
+    wait_healthy "$(endpoints "$impl")" 300
 }
 
 # Restart-to-ready: member 1 killed with -9 and started again on its data; seconds
@@ -80,7 +68,7 @@ restart_time() { # impl
     t0=$(date +%s.%N)
     member_cmd "$impl" 1
     pids[$impl]="$! $rest"
-    wait_healthy "http://$net.1:2379"
+    wait_healthy "http://$net.1:2379" 300
     restart_secs=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.2f}')")
 }
 

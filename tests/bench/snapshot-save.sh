@@ -36,24 +36,17 @@ net_of() { [[ $1 == qetcd ]] && echo 127.0.92 || echo 127.0.93; }
 bin_of() { [[ $1 == qetcd ]] && echo "target/$profile/qetcd" || echo /usr/bin/etcd; }
 endpoints() { local net i out=""; net=$(net_of "$1"); for ((i = 1; i <= members; i++)); do out+="http://$net.$i:2379,"; done; echo "${out%,}"; }
 
+# shellcheck source=tests/bench/members.sh
+source tests/bench/members.sh
+
 start_cluster() { # impl
-    local impl=$1 net bin cluster="" i p=""
-    net=$(net_of "$impl"); bin=$(bin_of "$impl")
-    for ((i = 1; i <= members; i++)); do cluster+="m$i=http://$net.$i:2380,"; done
+    local impl=$1 i p=""
     for ((i = 1; i <= members; i++)); do
-        "$bin" --name "m$i" --data-dir "$work/$net-$i" \
-            --listen-client-urls "http://$net.$i:2379" --advertise-client-urls "http://$net.$i:2379" \
-            --listen-peer-urls "http://$net.$i:2380" --initial-advertise-peer-urls "http://$net.$i:2380" \
-            --initial-cluster "${cluster%,}" --initial-cluster-token bench-snapshot \
-            --quota-backend-bytes 8589934592 >>"$work/$net-$i.log" 2>&1 &
+        start_member "$(bin_of "$impl")" "$(net_of "$impl")" "$i" "$members" bench-snapshot "$work"
         p+="$! "
     done
     pids[$impl]=$p
-    local deadline=$((SECONDS + 120))
-    until ETCDCTL_API=3 etcdctl --endpoints "$(endpoints "$impl")" endpoint health >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || { echo "$impl did not become healthy" >&2; exit 1; }
-        sleep 0.05
-    done
+    wait_healthy "$(endpoints "$impl")" 120
 }
 
 # A member that is not the leader: where operators take backups from.
