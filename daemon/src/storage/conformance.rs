@@ -294,3 +294,16 @@ fn sqlite_rejects_gaps_and_overwriting_compacted_entries() {
     assert!(b.append(&[entry(5, 1)]).is_err(), "gap after last index");
     assert!(b.append(&[entry(2, 2)]).is_err(), "overwrites compacted");
 }
+
+#[test]
+fn sqlite_commit_index_never_passes_the_log_it_is_stored_with() {
+    // A follower learns that entries are committed before it has persisted them; the
+    // commit index rides with the apply, and a restart must not find it past the log.
+    let mut s = SqliteUnderTest::new();
+    s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
+    let mut b = s.log.batch(Durability::Deferred).unwrap();
+    b.set_commit(9).unwrap();
+    b.commit().unwrap();
+    let s = s.reopen();
+    assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
+}
