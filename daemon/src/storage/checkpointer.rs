@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::wal_file::wal_path;
 use super::{Meta, StorageError};
 
 /// How often the WALs are checkpointed. Also bounds how much state a machine crash can
@@ -124,14 +125,7 @@ fn checkpoint(
 }
 
 /// WAL size past which a checkpoint restarts the WAL (see [`checkpoint`]).
-const WAL_RESTART_BYTES: u64 = 64 << 20;
-
-/// The WAL file of the database file `db`.
-fn wal_path(db: &std::path::Path) -> PathBuf {
-    let mut name = db.as_os_str().to_owned();
-    name.push("-wal");
-    PathBuf::from(name)
-}
+const WAL_RESTART_BYTES: u64 = super::wal_file::WAL_BYTES;
 
 fn run(state_db: PathBuf, stop: Arc<AtomicBool>, durable: Arc<AtomicU64>) {
     let conn = match open(&state_db) {

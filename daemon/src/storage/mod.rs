@@ -41,6 +41,7 @@ mod readers;
 mod schema;
 pub mod snapshot;
 mod state_txn;
+mod wal_file;
 
 #[cfg(test)]
 mod conformance;
@@ -172,6 +173,7 @@ fn check_intact(conn: &rusqlite::Connection, state_db: &Path) -> Result<(), Stor
 }
 
 fn open_writer_unchecked(path: &Path) -> Result<rusqlite::Connection, StorageError> {
+    wal_file::lay_out_log_wal(&log_db_path(path));
     let mut conn = rusqlite::Connection::open(path)?;
     conn.execute(
         "ATTACH DATABASE ?1 AS log",
@@ -181,7 +183,7 @@ fn open_writer_unchecked(path: &Path) -> Result<rusqlite::Connection, StorageErr
         conn.pragma_update(Some(schema), "journal_mode", "WAL")?;
         // A WAL that grew past this (a burst the checkpointer could not keep up with)
         // is cut back to it when it starts over; below it, its blocks are reused.
-        conn.pragma_update(Some(schema), "journal_size_limit", 64 << 20)?;
+        conn.pragma_update(Some(schema), "journal_size_limit", wal_file::WAL_BYTES)?;
     }
     conn.pragma_update(Some("main"), "synchronous", "NORMAL")?;
     conn.pragma_update(Some("log"), "synchronous", "FULL")?;
