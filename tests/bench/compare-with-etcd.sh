@@ -94,6 +94,10 @@ measure() { # label round op clients keys space
     ((round % 2)) || order="etcd qetcd"
     declare -A out cpu
     for impl in $order; do
+        # Nothing left in the page cache to write back from the run before (the other
+        # implementation's, or the load), whose flushing would otherwise fall on this
+        # run's fsyncs.
+        sync
         before=$(cpu_ticks "$impl")
         out[$impl]=$(run "$impl" "$op" "$clients" "$keys" "$space" "$n")
         cpu[$impl]=$(python3 -c "print(($(cpu_ticks "$impl") - $before) / $hz / $n * 1e6)")
