@@ -36,6 +36,24 @@ pub enum Durability {
     Deferred,
 }
 
+impl Durability {
+    /// The state database's `synchronous` setting for this durability.
+    fn state_sync(self) -> &'static str {
+        match self {
+            Durability::SyncAll => "FULL",
+            Durability::Sync | Durability::Deferred => "NORMAL",
+        }
+    }
+
+    /// The log database's `synchronous` setting for this durability.
+    fn log_sync(self) -> &'static str {
+        match self {
+            Durability::Sync | Durability::SyncAll => "FULL",
+            Durability::Deferred => "NORMAL",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bounds {
     /// Index and term of the entry just before the first one kept in the table.
@@ -239,15 +257,20 @@ impl RaftLog {
 
     /// Starts a transaction of a `Ready`: its new entries, or what it applies.
     pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
-        if self.synchronous.get() != durability && !self.state_locked.get() {
-            let (state, log) = match durability {
-                Durability::Sync => ("NORMAL", "FULL"),
-                Durability::SyncAll => ("FULL", "FULL"),
-                Durability::Deferred => ("NORMAL", "NORMAL"),
-            };
-            self.conn
-                .pragma_update(Some("main"), "synchronous", state)?;
-            self.conn.pragma_update(Some("log"), "synchronous", log)?;
+        let was = self.synchronous.get();
+        if was != durability && !self.state_locked.get() {
+            // A Ready switches between Sync and Deferred twice: only the schema whose
+            // setting changes is set, by a statement parsed once.
+            for (schema, from, to) in [
+                ("main", was.state_sync(), durability.state_sync()),
+                ("log", was.log_sync(), durability.log_sync()),
+            ] {
+                if from != to {
+                    self.conn
+                        .prepare_cached(&format!("PRAGMA {schema}.synchronous = {to}"))?
+                        .execute([])?;
+                }
+            }
             self.synchronous.set(durability);
         }
         // IMMEDIATE: take the write lock at the start, waiting (busy timeout) while the
