@@ -6,7 +6,7 @@
 //! page at a random place of a large B-tree per put of a random key — the page read,
 //! rewritten as a whole WAL frame, and checkpointed again — so the cost of a put grew
 //! with the key space (BENCHMARKS.md, issue 15). With the index here the state database
-//! is only appended to: `kv_revisions` in revision order, plus its revision index.
+//! is only appended to: `kv_revisions` in revision order.
 //!
 //! Two maps share each key: a hash map from key to entry, for the lookups every put
 //! makes, and an ordered set of the keys, for ranges. One ordered map alone cost a put

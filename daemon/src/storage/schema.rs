@@ -56,9 +56,10 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
             lease      INTEGER NOT NULL,
             tombstone  INTEGER NOT NULL
         );
-        -- Revision ranges (watch history); appended to like the table.
-        CREATE UNIQUE INDEX IF NOT EXISTS main.kv_revisions_by_rev
-            ON kv_revisions (mod_rev, sub_rev);
+        -- Ids rise with revisions, so reads by revision (watch history) search the ids
+        -- (storage::keyspace) instead of an index every put would have to update;
+        -- databases written before keep theirs until this drops it.
+        DROP INDEX IF EXISTS main.kv_revisions_by_rev;
         -- Granted leases, with the TTL they were granted (seconds). Keys name their
         -- lease in their rows; deadlines are not stored (see lease::Lessor).
         CREATE TABLE IF NOT EXISTS main.leases (
