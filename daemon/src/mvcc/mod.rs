@@ -19,7 +19,7 @@ use rusqlite::Connection;
 pub use crate::storage::KeyRange;
 pub use compaction::compact;
 pub use range::range;
-pub use txn::{apply_txn, check_put, check_range, check_txn};
+pub use txn::{MAX_TXN_DEPTH, apply_txn, check_put, check_range, check_txn};
 pub use write::WriteTxn;
 
 use crate::error::RequestError;

@@ -479,3 +479,30 @@ fn txn_compares_and_branches() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// A txn nested `depth` levels below the outermost one.
+fn nested_txn(depth: usize) -> TxnRequest {
+    let mut t = txn(vec![op_put("a")]);
+    for _ in 0..depth {
+        t = txn(vec![op_txn(t.success, t.failure)]);
+    }
+    t
+}
+
+#[test]
+fn txns_nest_as_deep_as_a_log_entry_can_hold_and_no_deeper() {
+    use prost::Message;
+    let deepest = nested_txn(MAX_TXN_DEPTH);
+    assert!(check_txn(&deepest, 128).is_ok());
+    // What is accepted must decode again from the log when applied.
+    let entry = crate::proto::qetcdpb::RaftRequest {
+        request: Some(crate::proto::qetcdpb::raft_request::Request::Txn(deepest)),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    assert!(crate::proto::qetcdpb::RaftRequest::decode(entry.as_slice()).is_ok());
+    assert!(matches!(
+        check_txn(&nested_txn(MAX_TXN_DEPTH + 1), 128),
+        Err(RequestError::TooManyOps)
+    ));
+}

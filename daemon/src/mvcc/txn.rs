@@ -10,9 +10,24 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 
+/// How deeply txns may nest. etcd sets no limit (its decoder has none), but a proposed
+/// request must decode again when applied, and the decoder stops at 100 levels of
+/// nested messages: two per txn level, plus the log entry's own. Deeper txns, which
+/// the API's decoder still accepts, crashed every member that applied one. They are
+/// refused as too many operations (etcd's text, so clients know it).
+pub const MAX_TXN_DEPTH: usize = 32;
+
 /// etcd's request checks, done before a txn is proposed: operation counts, keys present,
-/// and no key written twice (or written and deleted) by the same branch.
+/// and no key written twice (or written and deleted) by the same branch; and nesting no
+/// deeper than [`MAX_TXN_DEPTH`].
 pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), RequestError> {
+    check_nested_txn(req, max_ops, 0)
+}
+
+fn check_nested_txn(req: &TxnRequest, max_ops: usize, depth: usize) -> Result<(), RequestError> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(RequestError::TooManyOps);
+    }
     if req.compare.len() > max_ops || req.success.len() > max_ops || req.failure.len() > max_ops {
         return Err(RequestError::TooManyOps);
     }
@@ -22,20 +37,20 @@ pub fn check_txn(req: &TxnRequest, max_ops: usize) -> Result<(), RequestError> {
         }
     }
     for op in req.success.iter().chain(&req.failure) {
-        check_op(op, max_ops)?;
+        check_op(op, max_ops, depth)?;
     }
     branch_writes(&req.success)?;
     branch_writes(&req.failure)?;
     Ok(())
 }
 
-fn check_op(op: &RequestOp, max_ops: usize) -> Result<(), RequestError> {
+fn check_op(op: &RequestOp, max_ops: usize, depth: usize) -> Result<(), RequestError> {
     match &op.request {
         Some(Request::RequestRange(r)) => check_range(r),
         Some(Request::RequestPut(p)) => check_put(p),
         Some(Request::RequestDeleteRange(d)) if d.key.is_empty() => Err(RequestError::EmptyKey),
         Some(Request::RequestDeleteRange(_)) => Ok(()),
-        Some(Request::RequestTxn(t)) => check_txn(t, max_ops),
+        Some(Request::RequestTxn(t)) => check_nested_txn(t, max_ops, depth + 1),
         None => Ok(()),
     }
 }
