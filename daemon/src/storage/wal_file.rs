@@ -8,8 +8,8 @@
 //! 420–620 us while the WAL grew, 280–390 us once it was written in place. SQLite
 //! starts a WAL over from its beginning only after a checkpoint (see `checkpointer`),
 //! so a WAL grows to [`WAL_BYTES`] after every start of the member (SQLite removes it
-//! when the last connection closes). Writing that much zeroes first (0.05–0.35 s at
-//! start on the machines measured) spares a member's first minutes those journal
+//! when the last connection closes). Writing that much zeroes first (up to 0.35 s at
+//! start, measured on a busy disk) spares a member's first minutes those journal
 //! commits. SQLite takes a WAL whose header is not valid (zeroes) as empty and writes
 //! over it from its start; it deletes one it finds beside an empty database, so a new
 //! member's log is laid out when bootstrap opens the storage the second time, once the
