@@ -32,33 +32,43 @@ pub fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes the log database's WAL as [`WAL_BYTES`] of zeroes and syncs it, unless
-/// it exists (it may then hold commits). Best effort: on failure (a full disk) the
-/// partial file is removed and SQLite grows the WAL as it would have.
+/// Writes the log database's WAL as [`WAL_BYTES`] of zeroes and syncs it, unless it
+/// exists (it may then hold commits) or the log database is missing or empty (SQLite
+/// would delete the WAL as it opens the database: the write would be wasted). Best
+/// effort: on failure (a full disk) the partial file is removed and SQLite grows the
+/// WAL as it would have.
 pub fn lay_out_log_wal(log_db: &Path) {
+    if std::fs::metadata(log_db).map_or(true, |m| m.len() == 0) {
+        return;
+    }
     let wal = wal_path(log_db);
+    if let Err(e) = write_zeroes(&wal) {
+        tracing::warn!(path = %wal.display(), error = %e, "cannot lay out the Raft log's WAL; it will grow as written");
+    }
+}
+
+/// Creates `wal` as [`WAL_BYTES`] of zeroes, synced; nothing if it exists; on failure,
+/// no file.
+fn write_zeroes(wal: &Path) -> std::io::Result<()> {
     let mut file = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&wal)
+        .open(wal)
     {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return,
-        Err(e) => {
-            tracing::warn!(path = %wal.display(), error = %e, "cannot lay out the Raft log's WAL; it will grow as written");
-            return;
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
     };
     let zeroes = vec![0u8; 1 << 20];
     let written = (0..WAL_BYTES / zeroes.len() as u64)
         .try_for_each(|_| file.write_all(&zeroes))
         .and_then(|()| file.sync_data());
-    if let Err(e) = written {
+    if written.is_err() {
         drop(file);
-        let _ = std::fs::remove_file(&wal);
-        tracing::warn!(path = %wal.display(), error = %e, "cannot lay out the Raft log's WAL; it will grow as written");
+        let _ = std::fs::remove_file(wal);
     }
+    written
 }
 
 #[cfg(test)]
@@ -79,8 +89,11 @@ mod tests {
                 .unwrap();
             }
         };
-        // A new log: SQLite deletes a WAL it finds beside an empty database, and grows
-        // its own; closing the last connection removes it.
+        // A new log: nothing is laid out (SQLite would delete a WAL it finds beside an
+        // empty database), SQLite grows its own, and closing the last connection
+        // removes it.
+        lay_out_log_wal(&crate::storage::log_db_path(&state_db));
+        assert!(!log_wal.exists());
         let conn = crate::storage::open_writer(&state_db).unwrap();
         append(&conn, 1);
         drop(conn);
@@ -101,5 +114,20 @@ mod tests {
             .query_row("SELECT count(*) FROM log.raft_log", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 100);
+    }
+
+    #[test]
+    fn a_wal_that_cannot_be_written_is_left_to_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        // Something already in the WAL's place (here a directory) is left alone.
+        let log_db = dir.path().join("log.db");
+        std::fs::write(&log_db, b"not empty").unwrap();
+        std::fs::create_dir(wal_path(&log_db)).unwrap();
+        lay_out_log_wal(&log_db);
+        assert!(wal_path(&log_db).is_dir());
+        // A WAL that cannot be created is an error, and leaves nothing behind.
+        let missing = dir.path().join("gone").join("log.db");
+        assert!(write_zeroes(&wal_path(&missing)).is_err());
+        assert!(!wal_path(&missing).exists());
     }
 }
