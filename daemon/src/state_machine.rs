@@ -20,6 +20,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use crate::proto::mvccpb::Event;
 use crate::proto::qetcdpb::{LeaseExpire, MemberRecord, RaftRequest, raft_request::Request};
+use crate::storage::applied_requests::AppliedRequests;
 use crate::storage::{Meta, SharedKeyIndex, StateTxn, StorageError};
 
 /// The result of applying one client request.
@@ -55,55 +56,6 @@ pub struct Completion {
 pub struct ConfChangeEntry {
     pub index: u64,
     pub change: ConfChangeV2,
-}
-
-/// Log entries per generation of remembered request IDs: an ID is remembered for at
-/// least this many entries and at most twice as many. Retries happen within a request
-/// timeout, which is far fewer entries than this at any realistic rate.
-const REQUEST_ID_GENERATION: u64 = 100_000;
-
-const REMEMBER_IN: [&str; 2] = [
-    "INSERT OR IGNORE INTO applied_requests_0 (origin, id) VALUES (?1, ?2)",
-    "INSERT OR IGNORE INTO applied_requests_1 (origin, id) VALUES (?1, ?2)",
-];
-const SEEN_IN: [&str; 2] = [
-    "SELECT 1 FROM applied_requests_0 WHERE origin = ?1 AND id = ?2",
-    "SELECT 1 FROM applied_requests_1 WHERE origin = ?1 AND id = ?2",
-];
-const FORGET: [&str; 2] = [
-    "DELETE FROM applied_requests_0",
-    "DELETE FROM applied_requests_1",
-];
-
-fn generation(index: u64) -> usize {
-    ((index / REQUEST_ID_GENERATION) % 2) as usize
-}
-
-/// Whether this is the first time the request's ID is applied; records it if so.
-fn first_application(
-    conn: &Connection,
-    req: &RaftRequest,
-    index: u64,
-) -> Result<bool, StorageError> {
-    let current = generation(index);
-    let key = rusqlite::params![req.origin as i64, req.id as i64];
-    let seen_before = conn.prepare_cached(SEEN_IN[1 - current])?.exists(key)?;
-    if seen_before {
-        return Ok(false);
-    }
-    let inserted = conn.prepare_cached(REMEMBER_IN[current])?.execute(key)?;
-    Ok(inserted == 1)
-}
-
-/// Entering a new generation of log indexes: forget the IDs of the one before last.
-/// Decided by log index alone, for every kind of entry, so that every member (and one
-/// that restarts or installs a snapshot) forgets at the same entry.
-fn enter_generation(conn: &Connection, previous: u64, index: u64) -> Result<(), StorageError> {
-    if previous / REQUEST_ID_GENERATION != index / REQUEST_ID_GENERATION {
-        conn.prepare_cached(FORGET[generation(index)])?
-            .execute([])?;
-    }
-    Ok(())
 }
 
 /// Whether a request may add to the store: what etcd refuses while NOSPACE is raised.
@@ -163,6 +115,8 @@ pub struct StateMachine {
     entry_index: u64,
     /// Which revisions each key has (shared with the readers).
     keys: SharedKeyIndex,
+    /// Request IDs applied recently: a request proposed twice applies once.
+    applied_requests: AppliedRequests,
 }
 
 /// Who proposed a request, as the log entry says.
@@ -199,6 +153,7 @@ impl StateMachine {
         let applied_index = Meta::AppliedIndex.get_u64(conn)?.unwrap_or(0);
         let applied_term = Meta::AppliedTerm.get_u64(conn)?.unwrap_or(0);
         let alarms = crate::storage::alarms::list(conn)?;
+        let applied_requests = AppliedRequests::load(conn)?;
         Ok(StateMachine {
             member_id,
             revisions,
@@ -215,6 +170,7 @@ impl StateMachine {
             auth,
             entry_index: 0,
             keys,
+            applied_requests,
         })
     }
 
@@ -252,7 +208,8 @@ impl StateMachine {
         let writer = self.keys.writer();
         let txn = StateTxn::writer(conn, &writer);
         let conn = &txn;
-        enter_generation(conn, self.applied_index, entry.index)?;
+        self.applied_requests
+            .enter_generation(conn, self.applied_index, entry.index)?;
         self.entry_term = entry.term;
         self.entry_index = entry.index;
         let conf_change = match entry.get_entry_type() {
@@ -261,7 +218,10 @@ impl StateMachine {
                 let req = RaftRequest::decode(entry.data.as_ref()).map_err(|e| {
                     StorageError::Corrupt(format!("log entry {}: {e}", entry.index))
                 })?;
-                if first_application(conn, &req, entry.index)? {
+                if self
+                    .applied_requests
+                    .first_application(conn, req.origin, req.id, entry.index)?
+                {
                     let caller = Caller {
                         username: &req.username,
                         revision: req.auth_revision,
@@ -815,6 +775,11 @@ mod tests {
         assert_eq!(sm.revisions().current, 3, "two puts, not three");
         assert_eq!(done.iter().map(|c| c.id).collect::<Vec<_>>(), [100, 101]);
         assert_eq!(sm.applied_index(), 3);
+        // A restart remembers the IDs: a copy proposed before it applies no more.
+        sm.persist_progress(&conn).unwrap();
+        let mut sm = StateMachine::load(&conn, 7).unwrap();
+        sm.apply(&conn, &entry(4, 101, "b"), &mut done).unwrap();
+        assert_eq!(sm.revisions().current, 3, "the copy of 101 after a restart");
     }
 
     fn conf_entry(index: u64, kind: ConfChangeType, id: u64, url: Option<&str>) -> Entry {
@@ -890,7 +855,7 @@ mod tests {
         let conn = crate::storage::open_writer(&dir.path().join("s.db")).unwrap();
         let mut sm = StateMachine::load(&conn, 7).unwrap();
         let mut done = Vec::new();
-        let g = REQUEST_ID_GENERATION;
+        let g = crate::storage::applied_requests::REQUEST_ID_GENERATION;
         sm.apply(&conn, &entry(g - 1, 200, "a"), &mut done).unwrap();
         // Next generation: still remembered, in the other table.
         sm.apply(&conn, &entry(g + 5, 200, "a"), &mut done).unwrap();

@@ -29,6 +29,7 @@
 //! built from the state database at start; a [`StateTxn`] pairs a transaction with it.
 
 pub mod alarms;
+pub mod applied_requests;
 mod checkpointer;
 pub mod disk_space;
 pub mod key_index;

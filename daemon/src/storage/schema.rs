@@ -9,9 +9,9 @@ use super::StorageError;
 /// Bumped when the layout changes; a database with another version is refused.
 /// Version 2 kept the log in the state database; version 3 had no auth store; version
 /// 4 kept the live keys in `kv_live` and the history in `kv_history` (WITHOUT ROWID,
-/// which spills every row over ~1 KB to a page of its own). Each is migrated (see
-/// [`migrate`]).
-pub const SCHEMA_VERSION: i64 = 5;
+/// which spills every row over ~1 KB to a page of its own); version 5 kept applied
+/// request IDs keyed by ID. Each is migrated (see [`migrate`]).
+pub const SCHEMA_VERSION: i64 = 6;
 
 pub fn create(conn: &Connection) -> Result<(), StorageError> {
     let version: i64 = conn.pragma_query_value(Some("main"), "user_version", |r| r.get(0))?;
@@ -66,21 +66,16 @@ pub fn create(conn: &Connection) -> Result<(), StorageError> {
             id  INTEGER PRIMARY KEY,
             ttl INTEGER NOT NULL
         );
-        -- Request IDs applied recently, so that a request proposed twice (a retry after
-        -- its first proposal may have been lost) takes effect once. Two generations,
-        -- chosen by log index, instead of one table with an index on the log index to
-        -- prune by: a put then costs one B-tree insert here, and forgetting a whole
-        -- generation is one cheap DELETE (see state_machine).
+        -- Request IDs applied recently, in two generations chosen by log index: rows
+        -- appended (no key), looked up in memory (see storage::applied_requests).
         CREATE TABLE IF NOT EXISTS main.applied_requests_0 (
             origin INTEGER NOT NULL,
-            id     INTEGER NOT NULL,
-            PRIMARY KEY (origin, id)
-        ) WITHOUT ROWID;
+            id     INTEGER NOT NULL
+        );
         CREATE TABLE IF NOT EXISTS main.applied_requests_1 (
             origin INTEGER NOT NULL,
-            id     INTEGER NOT NULL,
-            PRIMARY KEY (origin, id)
-        ) WITHOUT ROWID;
+            id     INTEGER NOT NULL
+        );
         -- Raised alarms (etcd's alarm bucket): NOSPACE, CORRUPT, per member.
         CREATE TABLE IF NOT EXISTS main.alarms (
             member_id INTEGER NOT NULL,
@@ -140,6 +135,7 @@ fn migrate(conn: &Connection, version: i64) -> Result<(), StorageError> {
     if exists("kv_history")? {
         move_history(conn)?;
     }
+    super::applied_requests::migrate(conn)?;
     Ok(())
 }
 
