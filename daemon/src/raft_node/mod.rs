@@ -910,13 +910,13 @@ impl Node {
         // leader's clients on the apply. The leader's clients so no longer wait for
         // the fsync of newer entries that happened to share their Ready.
         let mut committed = Some(rd.take_committed_entries());
-        // A new commit index rides along with the apply: unless term or vote changed
-        // too, the hard state stays out of the fsynced transaction, which then writes
-        // the log's last page alone (one WAL frame less to sync per Ready).
-        let mut commit = rd.hs().map(|hs| hs.commit);
+        // A new commit index alone is not written down (etcd writes it unsynced with
+        // every Ready): a restart raises the commit index to the state's applied index
+        // (`RaftLog::open`), and Raft learns the rest from the leader. Writing it cost
+        // every Ready a WAL frame in the log, synced or with the apply.
         let acknowledge_first = !rd.persisted_messages().is_empty();
         if !acknowledge_first {
-            self.apply_committed(committed.take().unwrap_or_default(), commit.take())?;
+            self.apply_committed(committed.take().unwrap_or_default())?;
         }
         if must_sync {
             let started = Instant::now();
@@ -932,7 +932,7 @@ impl Node {
         }
         self.outbox.send(rd.take_persisted_messages());
         if let Some(committed) = committed {
-            self.apply_committed(committed, commit)?;
+            self.apply_committed(committed)?;
         }
 
         for rs in rd.take_read_states() {
@@ -950,11 +950,8 @@ impl Node {
         let mut light = self.raw.advance_append(rd);
         self.outbox.send(light.take_messages());
         let committed = light.take_committed_entries();
-        // A new commit index alone is not written down: it is recovered from the
-        // leader after a restart (and `RaftLog::open` raises it to the applied index),
-        // so it rides along with the next write instead of costing a commit here.
         if !committed.is_empty() {
-            self.apply_committed(committed, light.commit_index())?;
+            self.apply_committed(committed)?;
         }
         // Only what was applied: entries deferred by a defragmentation are not yet.
         self.raw.advance_apply_to(self.machine.applied_index());
@@ -967,19 +964,12 @@ impl Node {
 
     /// Applies entries already durable in the log, in a transaction of their own that
     /// needs no fsync (see `Durability::Deferred`), and then answers their callers.
-    fn apply_committed(
-        &mut self,
-        committed: Vec<Entry>,
-        commit: Option<u64>,
-    ) -> Result<(), StorageError> {
-        if committed.is_empty() && commit.is_none() {
+    fn apply_committed(&mut self, committed: Vec<Entry>) -> Result<(), StorageError> {
+        if committed.is_empty() {
             return Ok(());
         }
         let log = self.log.clone();
         let mut batch = log.batch(Durability::Deferred)?;
-        if let Some(c) = commit {
-            batch.set_commit(c)?;
-        }
         match &mut self.defrag {
             Some(d) => d.deferred.extend(committed),
             None => self.apply(&mut batch, &committed)?,

@@ -296,14 +296,14 @@ fn sqlite_rejects_gaps_and_overwriting_compacted_entries() {
 }
 
 #[test]
-fn sqlite_commit_index_never_passes_the_log_it_is_stored_with() {
-    // A follower learns that entries are committed before it has persisted them; the
-    // commit index rides with the apply, and a restart must not find it past the log.
+fn sqlite_reopened_log_counts_what_the_state_applied_as_committed() {
+    // Commit indexes are not written down alone; a restart takes the state's applied
+    // index as committed (only committed entries are applied), never past the log.
     let mut s = SqliteUnderTest::new();
     s.append(&[entry(1, 1), entry(2, 1), entry(3, 1)]);
-    let mut b = s.log.batch(Durability::Deferred).unwrap();
-    b.set_commit(9).unwrap();
+    let b = s.log.batch(Durability::Deferred).unwrap();
+    super::Meta::AppliedIndex.set_u64(b.conn(), 2).unwrap();
     b.commit().unwrap();
     let s = s.reopen();
-    assert_eq!(s.initial_state().unwrap().hard_state.commit, 3);
+    assert_eq!(s.initial_state().unwrap().hard_state.commit, 2);
 }

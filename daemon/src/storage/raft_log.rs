@@ -379,23 +379,6 @@ impl LogBatch<'_> {
         self.bounds.truncated_index + 1
     }
 
-    /// Records a new commit index without touching term or vote, never past the last
-    /// entry the log holds as this batch leaves it: a follower learns commit indexes
-    /// of entries it has yet to persist, and a restart must not find a commit index
-    /// beyond its log (raft refuses that).
-    pub fn set_commit(&mut self, commit: u64) -> Result<(), StorageError> {
-        let commit = commit.min(self.bounds.last_index);
-        let mut hs = self
-            .hard_state
-            .clone()
-            .unwrap_or_else(|| self.log.hard_state());
-        if hs.commit >= commit {
-            return Ok(());
-        }
-        hs.commit = commit;
-        self.set_hard_state(&hs)
-    }
-
     pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<(), StorageError> {
         let bytes = cs
             .write_to_bytes()
