@@ -946,7 +946,7 @@ impl Node {
         }
         if must_sync {
             let started = Instant::now();
-            let mut batch = self.log.batch(Durability::Sync)?;
+            let mut batch = self.log.batch(Durability::LogSync)?;
             batch.append(rd.entries())?;
             if let Some(hs) = rd.hs().filter(|_| new_vote) {
                 batch.set_hard_state(hs)?;

@@ -26,6 +26,11 @@ pub enum Durability {
     /// once they are stable. The state database is not fsynced (see the module docs of
     /// `storage`): what it loses in a machine crash is applied again from the log.
     Sync,
+    /// As `Sync`, on a connection to the log database alone, for a `Ready`'s new
+    /// entries and hard state: their fsynced commit then neither takes the state's
+    /// locks nor waits while the checkpointer restarts the state's WAL. Must not touch
+    /// the state (its tables are not there).
+    LogSync,
     /// fsync of both databases: for the rare batches whose state cannot be rebuilt from
     /// the log — the member's IDs at bootstrap, a snapshot installed from the leader.
     SyncAll,
@@ -41,14 +46,14 @@ impl Durability {
     fn state_sync(self) -> &'static str {
         match self {
             Durability::SyncAll => "FULL",
-            Durability::Sync | Durability::Deferred => "NORMAL",
+            Durability::Sync | Durability::LogSync | Durability::Deferred => "NORMAL",
         }
     }
 
     /// The log database's `synchronous` setting for this durability.
     fn log_sync(self) -> &'static str {
         match self {
-            Durability::Sync | Durability::SyncAll => "FULL",
+            Durability::Sync | Durability::LogSync | Durability::SyncAll => "FULL",
             Durability::Deferred => "NORMAL",
         }
     }
@@ -69,6 +74,8 @@ struct Bounds {
 fn open_log_only(state_db: &std::path::Path) -> Result<Connection, StorageError> {
     let mut conn = Connection::open(super::log_db_path(state_db))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
+    // The connection that restarts a WAL cuts it back to this (see open_writer).
+    conn.pragma_update(None, "journal_size_limit", super::wal_file::WAL_BYTES)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     super::wait_for_locks(&mut conn, std::time::Duration::from_secs(5))?;
@@ -87,10 +94,12 @@ pub struct RaftLog {
     /// The last appended entries, contiguous and ending at the log's last index (or
     /// empty). At most [`RECENT_ENTRIES`], so its memory is bounded.
     recent: RefCell<RecentEntries>,
-    /// A second connection to the log database alone, for batches while another
-    /// connection holds the state database's write lock (a defragmentation): the
-    /// writing connection's `BEGIN IMMEDIATE` locks both databases and would wait.
-    /// None for an in-memory database.
+    /// A second connection to the log database alone, for the batches that persist
+    /// entries (`Durability::LogSync`), and for every batch while another connection
+    /// holds the state database's write lock (a defragmentation). The writing
+    /// connection's `BEGIN IMMEDIATE` locks both databases: the fsynced commit of new
+    /// entries would take the state's locks for nothing, and wait while the
+    /// checkpointer restarts the state's WAL. None for an in-memory database.
     log_only: Option<Connection>,
     /// Whether batches go to `log_only` (see [`RaftLog::set_state_locked`]).
     state_locked: Cell<bool>,
@@ -257,8 +266,12 @@ impl RaftLog {
 
     /// Starts a transaction of a `Ready`: its new entries, or what it applies.
     pub fn batch(&self, durability: Durability) -> Result<LogBatch<'_>, StorageError> {
+        let log_only = match &self.log_only {
+            Some(c) if self.state_locked.get() || durability == Durability::LogSync => Some(c),
+            _ => None,
+        };
         let was = self.synchronous.get();
-        if was != durability && !self.state_locked.get() {
+        if was != durability && log_only.is_none() {
             // A Ready switches between Sync and Deferred twice: only the schema whose
             // setting changes is set, by a statement parsed once.
             for (schema, from, to) in [
@@ -277,10 +290,7 @@ impl RaftLog {
         // checkpointer holds it for a restarting checkpoint. A deferred transaction
         // that has read first cannot wait for the lock when it comes to write, and
         // fails with "database is locked".
-        let conn = match &self.log_only {
-            Some(log_only) if self.state_locked.get() => log_only,
-            _ => &self.conn,
-        };
+        let conn = log_only.unwrap_or(&self.conn);
         let tx = Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
         Ok(LogBatch {
             log: self,
