@@ -20,8 +20,9 @@
 //! The Raft thread owns the one writing connection, which has the log database attached
 //! as `log`, so that a transaction can span both (a cut of the log rides with the apply
 //! that allows it; SQLite commits the main (state) database first and the log second).
-//! A `Ready` is a transaction for its new entries (fsynced) and one for what it applies
-//! (not; see `raft_node` for their order). Client reads go through a small pool of
+//! A `Ready` is a transaction for its new entries (fsynced, on a second connection to
+//! the log database alone, so that it takes no lock of the state's) and one for what
+//! it applies (not; see `raft_node` for their order). Client reads go through a small pool of
 //! read-only connections to the state database ([`ReaderPool`]), which WAL mode lets run
 //! beside the writer without blocking it.
 //!
