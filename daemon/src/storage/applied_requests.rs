@@ -19,7 +19,7 @@
 
 use std::collections::HashSet;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::StorageError;
 
@@ -28,6 +28,14 @@ use super::StorageError;
 pub const REQUEST_ID_GENERATION: u64 = 100_000;
 
 const TABLES: [&str; 2] = ["applied_requests_0", "applied_requests_1"];
+const REMEMBER_IN: [&str; 2] = [
+    "INSERT INTO main.applied_requests_0 (origin, id) VALUES (?1, ?2)",
+    "INSERT INTO main.applied_requests_1 (origin, id) VALUES (?1, ?2)",
+];
+const FORGET: [&str; 2] = [
+    "DELETE FROM main.applied_requests_0",
+    "DELETE FROM main.applied_requests_1",
+];
 
 fn generation(index: u64) -> usize {
     ((index / REQUEST_ID_GENERATION) % 2) as usize
@@ -74,11 +82,8 @@ impl AppliedRequests {
             return Ok(false);
         }
         self.generations[current].insert((origin, id));
-        conn.prepare_cached(&format!(
-            "INSERT INTO main.{} (origin, id) VALUES (?1, ?2)",
-            TABLES[current]
-        ))?
-        .execute(rusqlite::params![origin as i64, id as i64])?;
+        conn.prepare_cached(REMEMBER_IN[current])?
+            .execute(rusqlite::params![origin as i64, id as i64])?;
         Ok(true)
     }
 
@@ -92,8 +97,7 @@ impl AppliedRequests {
     ) -> Result<(), StorageError> {
         if previous / REQUEST_ID_GENERATION != index / REQUEST_ID_GENERATION {
             let forgotten = generation(index);
-            conn.prepare_cached(&format!("DELETE FROM main.{}", TABLES[forgotten]))?
-                .execute([])?;
+            conn.prepare_cached(FORGET[forgotten])?.execute([])?;
             self.generations[forgotten].clear();
         }
         Ok(())
@@ -110,7 +114,7 @@ pub(super) fn migrate(conn: &Connection) -> Result<(), StorageError> {
                 [table],
                 |r| r.get(0),
             )
-            .ok();
+            .optional()?;
         if !sql.is_some_and(|s| s.to_ascii_uppercase().contains("WITHOUT ROWID")) {
             continue;
         }
