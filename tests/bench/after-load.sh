@@ -15,7 +15,7 @@
 # synced before each cluster starts, not between the load and the slices: what a load
 # leaves to write back is what this measures.
 #
-# Members listen on 127.0.92.x; data lives in a temporary directory removed at the end.
+# Members listen on 127.0.97.x; data lives in a temporary directory removed at the end.
 # QETCD_BIN measures another qetcd binary than target/release/qetcd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +35,7 @@ trap cleanup EXIT
 # shellcheck source=tests/bench/members.sh
 source tests/bench/members.sh
 
-net=127.0.92
+net=127.0.97
 device=$(basename "$(df --output=source "$work" | tail -1)")
 written_sectors() { awk -v d="$device" '$3 == d { print $10 }' /proc/diskstats; }
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
