@@ -307,3 +307,29 @@ fn sqlite_reopened_log_counts_what_the_state_applied_as_committed() {
     let s = s.reopen();
     assert_eq!(s.initial_state().unwrap().hard_state.commit, 2);
 }
+
+#[test]
+fn sqlite_new_entries_persist_while_another_connection_holds_the_state_lock() {
+    // A Ready's entries go to the log database alone: a checkpointer restarting the
+    // state's WAL (holding its write lock) must not hold them up.
+    let mut s = SqliteUnderTest::new();
+    s.append(&[entry(1, 1)]);
+    let state = rusqlite::Connection::open(s._dir.path().join("state.db")).unwrap();
+    state.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let hs = HardState {
+        term: 2,
+        vote: 3,
+        commit: 1,
+        ..Default::default()
+    };
+    let mut b = s.log.batch(Durability::LogSync).unwrap();
+    b.append(&[entry(2, 2), entry(3, 2)]).unwrap();
+    b.set_hard_state(&hs).unwrap();
+    b.commit().unwrap();
+    state.execute_batch("ROLLBACK").unwrap();
+    drop(state);
+    let s = s.reopen();
+    assert_eq!(s.last_index().unwrap(), 3);
+    assert_eq!(s.term(3).unwrap(), 2);
+    assert_eq!(s.initial_state().unwrap().hard_state, hs);
+}
